@@ -1,0 +1,336 @@
+//! The certificate authority of one trust domain, kept in a directory: `ca.db` (the datastore)
+//! and `keys/` (private keys, mode 0600). Creates itself atomically, signs CSRs, renews its
+//! intermediate at half-life, and answers with its trust bundle.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshgate_identity::svid::{check_leaf, check_signing_cert};
+use meshgate_identity::{Serial, SpiffeId, TrustBundle, TrustDomain};
+use rcgen::{Issuer, KeyPair};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use crate::csr::{CheckedCsr, check_csr, make_csr};
+use crate::error::CaError;
+use crate::keys::{KeyType, read_key_file, write_secret_file};
+use crate::profile;
+use crate::sqlite::{DB_FILE, SqliteStore};
+use crate::store::{AuthorityKind, AuthorityRecord, AuthorityState, CaMeta, IssuedCert, Store};
+
+/// What `ca init` made.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub trust_domain: TrustDomain,
+    pub key_type: KeyType,
+    /// SHA-256 of the root certificate DER, lowercase hex: what bootstrap tokens pin.
+    pub root_sha256: String,
+    pub root_not_after: i64,
+    pub intermediate_not_after: i64,
+}
+
+/// A leaf SVID just issued: the chain (leaf, then intermediate) and its datastore record.
+#[derive(Debug, Clone)]
+pub struct IssuedSvid {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub record: IssuedCert,
+}
+
+/// An opened CA directory, ready to sign.
+#[derive(Debug)]
+pub struct Authority {
+    dir: PathBuf,
+    store: SqliteStore,
+    meta: CaMeta,
+    intermediate: AuthorityRecord,
+    intermediate_key: KeyPair,
+}
+
+impl Authority {
+    /// Creates a new CA in `dir`: a root and an intermediate, built in a temporary sibling
+    /// directory and renamed into place, so a failure leaves nothing behind. Refuses a `dir`
+    /// that exists and is not empty.
+    pub fn init(
+        dir: &Path,
+        trust_domain: TrustDomain,
+        key_type: KeyType,
+        now: OffsetDateTime,
+    ) -> Result<InitReport, CaError> {
+        if dir_has_entries(dir)? {
+            return Err(CaError::AlreadyExists(dir.to_owned()));
+        }
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
+        let result = build_ca(&staging, &trust_domain, key_type, now).and_then(|report| {
+            fs::rename(&staging, dir).map_err(CaError::io(dir))?;
+            Ok(report)
+        });
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result
+    }
+
+    /// Opens an existing CA directory.
+    pub fn open(dir: &Path) -> Result<Self, CaError> {
+        let db = dir.join(DB_FILE);
+        if !db.is_file() {
+            return Err(CaError::NotACa(dir.to_owned()));
+        }
+        let store = SqliteStore::open(&db)?;
+        let meta = store.meta()?;
+        let intermediate = newest_active(&store, AuthorityKind::Intermediate)?;
+        let intermediate_key = read_key_file(&dir.join(&intermediate.key_file))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            store,
+            meta,
+            intermediate,
+            intermediate_key,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.meta.trust_domain
+    }
+
+    pub fn key_type(&self) -> KeyType {
+        self.meta.key_type
+    }
+
+    /// The trust bundle: every active root, with the current sequence number.
+    pub fn bundle(&self) -> Result<TrustBundle, CaError> {
+        let roots = self
+            .store
+            .authorities()?
+            .into_iter()
+            .filter(|a| a.kind == AuthorityKind::Root && a.state == AuthorityState::Active)
+            .map(|a| CertificateDer::from(a.cert_der))
+            .collect();
+        let mut bundle = TrustBundle::new(self.meta.trust_domain.clone(), roots).map_err(|e| {
+            CaError::BadCaCert {
+                what: "bundle".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        bundle.sequence = self.meta.bundle_sequence;
+        bundle.refresh_hint = Some(profile::BUNDLE_REFRESH_HINT.as_secs());
+        Ok(bundle)
+    }
+
+    /// Signs a CSR for `id` after checking it, records the certificate, and only then returns it.
+    pub fn sign_csr(
+        &mut self,
+        csr_der: &[u8],
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CaError> {
+        self.check_issuable(id)?;
+        let csr = check_csr(csr_der, id)?;
+        self.sign_checked(&csr, dns_names, ttl, now)
+    }
+
+    /// Issues an SVID for a key made here (`ca issue`): the key never leaves this machine's disk.
+    pub fn issue_with_new_key(
+        &mut self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<(IssuedSvid, KeyPair), CaError> {
+        self.check_issuable(id)?;
+        let key = self.meta.key_type.generate()?;
+        let csr = make_csr(id, &key)?;
+        let issued = self.sign_csr(&csr, id, dns_names, ttl, now)?;
+        Ok((issued, key))
+    }
+
+    /// Every certificate this CA issued, oldest first.
+    pub fn list(&self) -> Result<Vec<IssuedCert>, CaError> {
+        self.store.list_issued()
+    }
+
+    fn check_issuable(&self, id: &SpiffeId) -> Result<(), CaError> {
+        if !id.is_member_of(&self.meta.trust_domain) {
+            return Err(CaError::ForeignTrustDomain(
+                id.to_string(),
+                self.meta.trust_domain.to_string(),
+            ));
+        }
+        id.require_path()?;
+        Ok(())
+    }
+
+    fn sign_checked(
+        &mut self,
+        csr: &CheckedCsr,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CaError> {
+        let cap =
+            OffsetDateTime::from_unix_timestamp(self.intermediate.not_after).map_err(|e| {
+                CaError::BadCaCert {
+                    what: "intermediate".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        if now >= cap {
+            return Err(CaError::IntermediateExpired(self.intermediate.not_after));
+        }
+        let mut params = profile::leaf_params(&csr.spiffe_id, dns_names, now, ttl, cap)?;
+        profile::add_subject_key_identifier(&mut params, &csr.public_key);
+        let issuer_der = CertificateDer::from(self.intermediate.cert_der.clone());
+        let issuer = Issuer::from_ca_cert_der(&issuer_der, &self.intermediate_key)?;
+        let cert = params.signed_by(&csr.public_key, &issuer)?;
+        let info = check_leaf(cert.der())?;
+        let record = IssuedCert {
+            serial: info.serial,
+            spiffe_id: info.spiffe_id,
+            sha256: hex::encode(info.sha256),
+            not_before: as_i64(info.not_before),
+            not_after: as_i64(info.not_after),
+            issuer: self.intermediate.serial.clone(),
+            dns_names: info.dns_names,
+            issued_at: now.unix_timestamp(),
+        };
+        self.store.record_issued(&record)?;
+        Ok(IssuedSvid {
+            chain: vec![cert.der().clone(), issuer_der],
+            record,
+        })
+    }
+
+    /// The CA directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn build_ca(
+    staging: &Path,
+    td: &TrustDomain,
+    key_type: KeyType,
+    now: OffsetDateTime,
+) -> Result<InitReport, CaError> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(staging)
+        .map_err(CaError::io(staging))?;
+    let keys = staging.join("keys");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&keys)
+        .map_err(CaError::io(&keys))?;
+
+    let root_key = key_type.generate()?;
+    let root_params = profile::root_params(td, now, profile::ROOT_TTL)?;
+    let root = root_params.self_signed(&root_key)?;
+    check_signing_cert(root.der())?;
+
+    let inter_key = key_type.generate()?;
+    let inter_params =
+        profile::intermediate_params(td, now, profile::INTERMEDIATE_TTL, root_params.not_after)?;
+    let root_issuer = Issuer::new(root_params, &root_key);
+    let inter = inter_params.signed_by(&inter_key, &root_issuer)?;
+    check_signing_cert(inter.der())?;
+
+    let root_rec = record(1, AuthorityKind::Root, root.der(), None)?;
+    let inter_rec = record(2, AuthorityKind::Intermediate, inter.der(), Some(1))?;
+    write_secret_file(
+        &staging.join(&root_rec.key_file),
+        root_key.serialize_pem().as_bytes(),
+    )?;
+    write_secret_file(
+        &staging.join(&inter_rec.key_file),
+        inter_key.serialize_pem().as_bytes(),
+    )?;
+
+    let meta = CaMeta {
+        trust_domain: td.clone(),
+        key_type,
+        bundle_sequence: 1,
+    };
+    let db = staging.join(DB_FILE);
+    // The datastore will hold token hashes: private to the CA's user from the first byte.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&db)
+        .map_err(CaError::io(&db))?;
+    let mut store = SqliteStore::open(&db)?;
+    store.initialize(&meta, &root_rec, &inter_rec)?;
+    drop(store);
+    fs::set_permissions(staging, fs::Permissions::from_mode(0o700))
+        .map_err(CaError::io(staging))?;
+    Ok(InitReport {
+        trust_domain: td.clone(),
+        key_type,
+        root_sha256: hex::encode(meshgate_identity::svid::sha256_of(root.der())),
+        root_not_after: root_rec.not_after,
+        intermediate_not_after: inter_rec.not_after,
+    })
+}
+
+fn record(
+    id: i64,
+    kind: AuthorityKind,
+    der: &CertificateDer<'_>,
+    parent: Option<i64>,
+) -> Result<AuthorityRecord, CaError> {
+    let cert = meshgate_identity::svid::parse_cert(der)?;
+    let validity = cert.validity();
+    let serial = Serial::from_bytes(cert.raw_serial());
+    let role = match kind {
+        AuthorityKind::Root => "root",
+        AuthorityKind::Intermediate => "intermediate",
+    };
+    Ok(AuthorityRecord {
+        id,
+        kind,
+        key_file: format!("keys/{role}-{serial}.key.pem"),
+        serial,
+        cert_der: der.to_vec(),
+        parent,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        state: AuthorityState::Active,
+    })
+}
+
+fn newest_active(store: &SqliteStore, kind: AuthorityKind) -> Result<AuthorityRecord, CaError> {
+    store
+        .authorities()?
+        .into_iter()
+        .filter(|a| a.kind == kind && a.state == AuthorityState::Active)
+        .max_by_key(|a| a.not_before)
+        .ok_or(CaError::NoActiveAuthority(match kind {
+            AuthorityKind::Root => "root",
+            AuthorityKind::Intermediate => "intermediate",
+        }))
+}
+
+fn dir_has_entries(dir: &Path) -> Result<bool, CaError> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(true),
+        Err(e) => Err(CaError::io(dir)(e)),
+    }
+}
+
+fn as_i64(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}

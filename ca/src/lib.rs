@@ -1,0 +1,15 @@
+//! meshgate's certificate authority: keys, the identity profile, CSR checks, issuance and the
+//! datastore. The network API (`ca serve`) builds on this.
+
+pub mod authority;
+pub mod csr;
+pub mod error;
+pub mod keys;
+pub mod profile;
+pub mod sqlite;
+pub mod store;
+
+pub use authority::{Authority, InitReport, IssuedSvid};
+pub use error::CaError;
+pub use keys::KeyType;
+pub use store::{IssuedCert, Store};

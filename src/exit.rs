@@ -1,0 +1,48 @@
+//! Exit codes and the one place that turns an error into a message on stderr.
+
+use std::process::ExitCode;
+
+/// Run-time failure.
+pub const FAILURE: u8 = 1;
+/// Bad usage or bad input.
+pub const BAD_INPUT: u8 = 2;
+
+/// An error caused by the caller's input (exit code 2), as opposed to a run-time failure (exit 1).
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// Shorthand for a bad-input error with a message.
+pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg.into()))
+}
+
+/// Prints the error chain as one line on stderr and picks the exit code.
+pub fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = if e.chain().any(|c| c.is::<BadInput>()) {
+                BAD_INPUT
+            } else {
+                FAILURE
+            };
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}

@@ -1,0 +1,69 @@
+//! The `meshgate` command line: parses arguments, calls the crates, maps errors to exit codes.
+//! No logic of its own lives here.
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshgate",
+    version,
+    about = "Service-identity mesh: SPIFFE CA, mTLS gateways, identity policy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificate authority: init, issue, bundle, list.
+    #[command(subcommand)]
+    Ca(cmd::ca::CaCommand),
+    /// Work with X.509-SVID files.
+    #[command(subcommand)]
+    Svid(cmd::svid::SvidCommand),
+    /// Identity policies: check and explain.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
+    /// Run the demo: a three-service bank on 127.0.0.1 with an embedded CA and the example policies.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version itself; usage errors exit 2 as documented.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::BAD_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing();
+    let result = match cli.command {
+        Command::Ca(c) => cmd::ca::run(c),
+        Command::Svid(c) => cmd::svid::run(c),
+        Command::Policy(c) => cmd::policy::run(c),
+        Command::Demo => cmd::demo::run(),
+    };
+    exit::finish(result)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
