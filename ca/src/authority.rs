@@ -7,6 +7,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meshgate_identity::api::CA_ID_PATH;
 use meshgate_identity::svid::{check_leaf, check_signing_cert};
 use meshgate_identity::{Serial, SpiffeId, TrustBundle, TrustDomain};
 use rcgen::{Issuer, KeyPair};
@@ -41,11 +42,20 @@ pub struct IssuedSvid {
 /// An opened CA directory, ready to sign.
 #[derive(Debug)]
 pub struct Authority {
-    dir: PathBuf,
-    store: SqliteStore,
-    meta: CaMeta,
-    intermediate: AuthorityRecord,
-    intermediate_key: KeyPair,
+    pub(crate) dir: PathBuf,
+    pub(crate) store: SqliteStore,
+    pub(crate) meta: CaMeta,
+    pub(crate) signer: Signer,
+    /// The datastore's `state_version` when `signer` was loaded.
+    state_version: u64,
+}
+
+/// The active intermediate, its key, and the root above it.
+#[derive(Debug)]
+pub(crate) struct Signer {
+    pub(crate) intermediate: AuthorityRecord,
+    pub(crate) key: KeyPair,
+    pub(crate) root: AuthorityRecord,
 }
 
 impl Authority {
@@ -88,15 +98,27 @@ impl Authority {
         }
         let store = SqliteStore::open(&db)?;
         let meta = store.meta()?;
-        let intermediate = newest_active(&store, AuthorityKind::Intermediate)?;
-        let intermediate_key = read_key_file(&dir.join(&intermediate.key_file))?;
+        let state_version = state_version(&store)?;
+        let signer = load_signer(dir, &store)?;
         Ok(Self {
             dir: dir.to_owned(),
             store,
             meta,
-            intermediate,
-            intermediate_key,
+            signer,
+            state_version,
         })
+    }
+
+    /// Re-reads the signing state if another process (the CLI) changed it; true if it did.
+    pub fn reload_if_changed(&mut self) -> Result<bool, CaError> {
+        let version = state_version(&self.store)?;
+        if version == self.state_version {
+            return Ok(false);
+        }
+        self.meta = self.store.meta()?;
+        self.signer = load_signer(&self.dir, &self.store)?;
+        self.state_version = version;
+        Ok(true)
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -113,7 +135,7 @@ impl Authority {
             .store
             .authorities()?
             .into_iter()
-            .filter(|a| a.kind == AuthorityKind::Root && a.state == AuthorityState::Active)
+            .filter(|a| a.kind == AuthorityKind::Root && a.state.in_bundle())
             .map(|a| CertificateDer::from(a.cert_der))
             .collect();
         let mut bundle = TrustBundle::new(self.meta.trust_domain.clone(), roots).map_err(|e| {
@@ -161,7 +183,8 @@ impl Authority {
         self.store.list_issued()
     }
 
-    fn check_issuable(&self, id: &SpiffeId) -> Result<(), CaError> {
+    /// Workload IDs only: inside the trust domain, with a path, and never the CA's own ID.
+    pub(crate) fn check_issuable(&self, id: &SpiffeId) -> Result<(), CaError> {
         if !id.is_member_of(&self.meta.trust_domain) {
             return Err(CaError::ForeignTrustDomain(
                 id.to_string(),
@@ -169,7 +192,38 @@ impl Authority {
             ));
         }
         id.require_path()?;
+        if id.path() == CA_ID_PATH {
+            return Err(CaError::ReservedId(id.to_string()));
+        }
         Ok(())
+    }
+
+    /// The CA's own ID, `spiffe://<td>/meshgate/ca`.
+    pub fn ca_id(&self) -> Result<SpiffeId, CaError> {
+        Ok(SpiffeId::parse(&format!(
+            "{}{CA_ID_PATH}",
+            self.meta.trust_domain.id()
+        ))?)
+    }
+
+    /// An SVID for the CA's own TLS listener, with a key that never leaves memory. The chain ends
+    /// with the root, so enrolling clients can match the root against their token's pin.
+    pub fn own_svid(&mut self, now: OffsetDateTime) -> Result<(IssuedSvid, KeyPair), CaError> {
+        let id = self.ca_id()?;
+        let key = self.meta.key_type.generate()?;
+        let csr = check_csr(&make_csr(&id, &key)?, &id)?;
+        let mut issued = self.sign_checked(&csr, &[], profile::LEAF_TTL, now)?;
+        issued
+            .chain
+            .push(CertificateDer::from(self.signer.root.cert_der.clone()));
+        Ok((issued, key))
+    }
+
+    /// SHA-256 of the root above the signing intermediate, lowercase hex: what tokens pin.
+    pub fn root_sha256(&self) -> String {
+        hex::encode(meshgate_identity::svid::sha256_of(
+            &self.signer.root.cert_der,
+        ))
     }
 
     fn sign_checked(
@@ -179,37 +233,9 @@ impl Authority {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, CaError> {
-        let cap =
-            OffsetDateTime::from_unix_timestamp(self.intermediate.not_after).map_err(|e| {
-                CaError::BadCaCert {
-                    what: "intermediate".into(),
-                    reason: e.to_string(),
-                }
-            })?;
-        if now >= cap {
-            return Err(CaError::IntermediateExpired(self.intermediate.not_after));
-        }
-        let mut params = profile::leaf_params(&csr.spiffe_id, dns_names, now, ttl, cap)?;
-        profile::add_subject_key_identifier(&mut params, &csr.public_key);
-        let issuer_der = CertificateDer::from(self.intermediate.cert_der.clone());
-        let issuer = Issuer::from_ca_cert_der(&issuer_der, &self.intermediate_key)?;
-        let cert = params.signed_by(&csr.public_key, &issuer)?;
-        let info = check_leaf(cert.der())?;
-        let record = IssuedCert {
-            serial: info.serial,
-            spiffe_id: info.spiffe_id,
-            sha256: hex::encode(info.sha256),
-            not_before: as_i64(info.not_before),
-            not_after: as_i64(info.not_after),
-            issuer: self.intermediate.serial.clone(),
-            dns_names: info.dns_names,
-            issued_at: now.unix_timestamp(),
-        };
-        self.store.record_issued(&record)?;
-        Ok(IssuedSvid {
-            chain: vec![cert.der().clone(), issuer_der],
-            record,
-        })
+        let issued = self.signer.mint(csr, dns_names, ttl, now)?;
+        self.store.record_issued(&issued.record)?;
+        Ok(issued)
     }
 
     /// The CA directory.
@@ -284,7 +310,7 @@ fn build_ca(
     })
 }
 
-fn record(
+pub(crate) fn record(
     id: i64,
     kind: AuthorityKind,
     der: &CertificateDer<'_>,
@@ -310,7 +336,77 @@ fn record(
     })
 }
 
-fn newest_active(store: &SqliteStore, kind: AuthorityKind) -> Result<AuthorityRecord, CaError> {
+impl Signer {
+    /// Signs a checked CSR with the CA's profile. Records nothing: the caller does, before
+    /// handing the certificate out.
+    pub(crate) fn mint(
+        &self,
+        csr: &CheckedCsr,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CaError> {
+        let cap =
+            OffsetDateTime::from_unix_timestamp(self.intermediate.not_after).map_err(|e| {
+                CaError::BadCaCert {
+                    what: "intermediate".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        if now >= cap {
+            return Err(CaError::IntermediateExpired(self.intermediate.not_after));
+        }
+        let mut params = profile::leaf_params(&csr.spiffe_id, dns_names, now, ttl, cap)?;
+        profile::add_subject_key_identifier(&mut params, &csr.public_key);
+        let issuer_der = CertificateDer::from(self.intermediate.cert_der.clone());
+        let issuer = Issuer::from_ca_cert_der(&issuer_der, &self.key)?;
+        let cert = params.signed_by(&csr.public_key, &issuer)?;
+        let info = check_leaf(cert.der())?;
+        let record = IssuedCert {
+            serial: info.serial,
+            spiffe_id: info.spiffe_id,
+            sha256: hex::encode(info.sha256),
+            not_before: as_i64(info.not_before),
+            not_after: as_i64(info.not_after),
+            issuer: self.intermediate.serial.clone(),
+            dns_names: info.dns_names,
+            issued_at: now.unix_timestamp(),
+        };
+        Ok(IssuedSvid {
+            chain: vec![cert.der().clone(), issuer_der],
+            record,
+        })
+    }
+}
+
+fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Signer, CaError> {
+    let intermediate = newest_active(store, AuthorityKind::Intermediate)?;
+    let key = read_key_file(&dir.join(&intermediate.key_file))?;
+    let root = store
+        .authorities()?
+        .into_iter()
+        .find(|a| Some(a.id) == intermediate.parent)
+        .ok_or(CaError::NoActiveAuthority(
+            "root of the active intermediate",
+        ))?;
+    Ok(Signer {
+        intermediate,
+        key,
+        root,
+    })
+}
+
+fn state_version(store: &SqliteStore) -> Result<u64, CaError> {
+    Ok(store
+        .meta_value("state_version")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+pub(crate) fn newest_active(
+    store: &SqliteStore,
+    kind: AuthorityKind,
+) -> Result<AuthorityRecord, CaError> {
     store
         .authorities()?
         .into_iter()
@@ -331,6 +427,6 @@ fn dir_has_entries(dir: &Path) -> Result<bool, CaError> {
     }
 }
 
-fn as_i64(secs: u64) -> i64 {
+pub(crate) fn as_i64(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }

@@ -18,6 +18,16 @@ pub enum CaError {
     BadTtl { requested: String, max: String },
     #[error("DNS name {0:?} is not a valid DNS name")]
     BadDnsName(String),
+    #[error("{0} is reserved for the CA's own TLS identity")]
+    ReservedId(String),
+    #[error("uses must be at least 1, got {0}")]
+    BadUses(u32),
+    #[error("no issued certificate matches {0}")]
+    NothingToRevoke(String),
+    #[error("{0}")]
+    Rotation(String),
+    #[error("the caller's SVID (serial {0}) is revoked")]
+    Revoked(String),
     #[error("certificate signing request rejected ({rule}): {detail}")]
     BadCsr { rule: &'static str, detail: String },
 
@@ -43,12 +53,18 @@ pub enum CaError {
     IntermediateExpired(i64),
 
     // --- our side ---
+    #[error("TLS setup: {0}")]
+    Tls(#[from] meshgate_identity::Error),
     #[error("datastore: {0}")]
     Store(#[from] rusqlite::Error),
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("minted certificate failed its own profile check: {0}")]
     SelfCheck(#[from] SvidError),
+    #[error("audit log: {0}")]
+    Audit(String),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("random number generator failed")]
     Random,
 }
@@ -70,6 +86,10 @@ impl CaError {
                 | Self::BadCsr { .. }
                 | Self::AlreadyExists(_)
                 | Self::NotACa(_)
+                | Self::ReservedId(_)
+                | Self::BadUses(_)
+                | Self::NothingToRevoke(_)
+                | Self::Rotation(_)
         )
     }
 }

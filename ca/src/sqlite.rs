@@ -9,7 +9,10 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::error::CaError;
 use crate::keys::KeyType;
-use crate::store::{AuthorityKind, AuthorityRecord, AuthorityState, CaMeta, IssuedCert, Store};
+use crate::store::{
+    AuthorityKind, AuthorityRecord, AuthorityState, CaMeta, EnrollOutcome, IssuedCert,
+    RevocationRecord, Store, TokenRecord, TokenRejection,
+};
 
 /// The file name of the datastore inside a CA directory.
 pub const DB_FILE: &str = "ca.db";
@@ -28,7 +31,23 @@ CREATE TABLE IF NOT EXISTS authorities (
     parent     INTEGER REFERENCES authorities(id),
     not_before INTEGER NOT NULL,
     not_after  INTEGER NOT NULL,
-    state      TEXT NOT NULL CHECK (state IN ('active', 'retired'))
+    state      TEXT NOT NULL CHECK (state IN ('prepared', 'active', 'retiring', 'retired'))
+) STRICT;
+CREATE TABLE IF NOT EXISTS tokens (
+    id            INTEGER PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    spiffe_id     TEXT NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    uses_left     INTEGER NOT NULL CHECK (uses_left >= 0),
+    created_by    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    revoked_at    INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS revocations (
+    serial    TEXT PRIMARY KEY,
+    spiffe_id TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    reason    TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS issued (
     serial     TEXT PRIMARY KEY,
@@ -61,7 +80,7 @@ impl SqliteStore {
         Ok(Self { conn })
     }
 
-    fn meta_value(&self, key: &str) -> Result<Option<String>, CaError> {
+    fn meta_get(&self, key: &str) -> Result<Option<String>, CaError> {
         Ok(self
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -118,9 +137,9 @@ impl Store for SqliteStore {
             .ok_or(CaError::NoActiveAuthority("trust domain"))?;
         let trust_domain =
             TrustDomain::parse(&td).map_err(|e| corrupt("trust_domain", e.to_string()))?;
-        let kt = self.meta_value("key_type")?.unwrap_or_default();
+        let kt = self.meta_get("key_type")?.unwrap_or_default();
         let key_type = KeyType::parse(&kt).ok_or_else(|| corrupt("key_type", kt.clone()))?;
-        let seq = self.meta_value("bundle_sequence")?.unwrap_or_default();
+        let seq = self.meta_get("bundle_sequence")?.unwrap_or_default();
         let bundle_sequence = seq
             .parse()
             .map_err(|_| corrupt("bundle_sequence", seq.clone()))?;
@@ -169,32 +188,15 @@ impl Store for SqliteStore {
                 parent,
                 not_before,
                 not_after,
-                state: match state.as_str() {
-                    "active" => AuthorityState::Active,
-                    _ => AuthorityState::Retired,
-                },
+                state: AuthorityState::parse(&state)
+                    .ok_or_else(|| corrupt(format!("state {state:?}")))?,
             });
         }
         Ok(out)
     }
 
     fn record_issued(&mut self, c: &IssuedCert) -> Result<(), CaError> {
-        let dns = serde_json::to_string(&c.dns_names).unwrap_or_else(|_| "[]".to_owned());
-        self.conn.execute(
-            "INSERT INTO issued (serial, spiffe_id, sha256, not_before, not_after, issuer, dns_names, issued_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                c.serial.to_string(),
-                c.spiffe_id.as_str(),
-                c.sha256,
-                c.not_before,
-                c.not_after,
-                c.issuer.to_string(),
-                dns,
-                c.issued_at
-            ],
-        )?;
-        Ok(())
+        insert_issued(&self.conn, c)
     }
 
     fn list_issued(&self) -> Result<Vec<IssuedCert>, CaError> {
@@ -234,6 +236,210 @@ impl Store for SqliteStore {
         }
         Ok(out)
     }
+
+    fn change_authorities(
+        &mut self,
+        new: Option<&AuthorityRecord>,
+        states: &[(i64, AuthorityState)],
+        meta: &[(&str, String)],
+    ) -> Result<Option<i64>, CaError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut new_id = None;
+        if let Some(a) = new {
+            tx.execute(
+                "INSERT INTO authorities (kind, serial, cert_der, key_file, parent, not_before, not_after, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    kind_str(a.kind),
+                    a.serial.to_string(),
+                    a.cert_der,
+                    a.key_file,
+                    a.parent,
+                    a.not_before,
+                    a.not_after,
+                    state_str(a.state)
+                ],
+            )?;
+            new_id = Some(tx.last_insert_rowid());
+        }
+        for (id, state) in states {
+            tx.execute(
+                "UPDATE authorities SET state = ?1 WHERE id = ?2",
+                params![state_str(*state), id],
+            )?;
+        }
+        for (k, v) in meta {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![k, v],
+            )?;
+        }
+        bump(&tx, "state_version")?;
+        tx.commit()?;
+        Ok(new_id)
+    }
+
+    fn meta_value(&self, key: &str) -> Result<Option<String>, CaError> {
+        self.meta_get(key)
+    }
+
+    fn insert_token(&mut self, t: &TokenRecord) -> Result<i64, CaError> {
+        self.conn.execute(
+            "INSERT INTO tokens (secret_sha256, spiffe_id, expires_at, uses_left, created_by, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.secret_sha256, t.spiffe_id.as_str(), t.expires_at, t.uses_left, t.created_by, t.created_at],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, CaError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY id"))?;
+        let rows = stmt.query_map([], token_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        Ok(out)
+    }
+
+    fn revoke_token(&mut self, id: i64, now: i64) -> Result<bool, CaError> {
+        let n = self.conn.execute(
+            "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+            params![now, id],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn enroll(
+        &mut self,
+        secret_sha256: &str,
+        now: i64,
+        issue: &mut dyn FnMut(&TokenRecord) -> Result<IssuedCert, CaError>,
+    ) -> Result<EnrollOutcome, CaError> {
+        // IMMEDIATE takes the write lock first, so two enrollments with one token serialize
+        // here and the second sees the first's spent use.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let token = tx
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_sha256 = ?1"),
+                [secret_sha256],
+                token_from_row,
+            )
+            .optional()?
+            .transpose()?;
+        let Some(mut token) = token else {
+            return Ok(EnrollOutcome::Rejected(TokenRejection::Unknown));
+        };
+        let rejection = if token.revoked_at.is_some() {
+            Some(TokenRejection::Revoked)
+        } else if token.expires_at <= now {
+            Some(TokenRejection::Expired)
+        } else if token.uses_left == 0 {
+            Some(TokenRejection::Spent)
+        } else {
+            None
+        };
+        if let Some(r) = rejection {
+            return Ok(EnrollOutcome::Rejected(r));
+        }
+        tx.execute(
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
+            [token.id],
+        )?;
+        token.uses_left -= 1;
+        match issue(&token) {
+            Ok(cert) => {
+                insert_issued(&tx, &cert)?;
+                tx.commit()?;
+                Ok(EnrollOutcome::Issued(token, cert))
+            }
+            Err(e) => {
+                tx.commit()?;
+                Ok(EnrollOutcome::Failed(token, e))
+            }
+        }
+    }
+
+    fn revoke(
+        &mut self,
+        serials: &[(Serial, SpiffeId)],
+        now: i64,
+        reason: Option<&str>,
+    ) -> Result<Vec<RevocationRecord>, CaError> {
+        let tx = self.conn.transaction()?;
+        let mut added = Vec::new();
+        for (serial, id) in serials {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO revocations (serial, spiffe_id, at, reason) VALUES (?1, ?2, ?3, ?4)",
+                params![serial.to_string(), id.as_str(), now, reason],
+            )?;
+            if n == 1 {
+                added.push(RevocationRecord {
+                    serial: serial.clone(),
+                    spiffe_id: id.clone(),
+                    at: now,
+                    reason: reason.map(str::to_owned),
+                });
+            }
+        }
+        if !added.is_empty() {
+            bump(&tx, "revocation_sequence")?;
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+
+    fn is_revoked(&self, serial: &Serial) -> Result<bool, CaError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM revocations WHERE serial = ?1",
+                [serial.to_string()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    fn revocations(&self) -> Result<(u64, Vec<RevocationRecord>), CaError> {
+        let seq = self
+            .meta_get("revocation_sequence")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT serial, spiffe_id, at, reason FROM revocations ORDER BY at, serial")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (serial, id, at, reason) = row?;
+            let corrupt = |reason: String| CaError::BadCaCert {
+                what: format!("revocation {serial}"),
+                reason,
+            };
+            out.push(RevocationRecord {
+                serial: Serial::parse_hex(&serial).ok_or_else(|| corrupt("serial".into()))?,
+                spiffe_id: SpiffeId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
+                at,
+                reason,
+            });
+        }
+        Ok((seq, out))
+    }
 }
 
 fn kind_str(k: AuthorityKind) -> &'static str {
@@ -244,8 +450,58 @@ fn kind_str(k: AuthorityKind) -> &'static str {
 }
 
 fn state_str(s: AuthorityState) -> &'static str {
-    match s {
-        AuthorityState::Active => "active",
-        AuthorityState::Retired => "retired",
-    }
+    s.as_str()
+}
+
+fn insert_issued(conn: &Connection, c: &IssuedCert) -> Result<(), CaError> {
+    let dns = serde_json::to_string(&c.dns_names).unwrap_or_else(|_| "[]".to_owned());
+    conn.execute(
+        "INSERT INTO issued (serial, spiffe_id, sha256, not_before, not_after, issuer, dns_names, issued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            c.serial.to_string(),
+            c.spiffe_id.as_str(),
+            c.sha256,
+            c.not_before,
+            c.not_after,
+            c.issuer.to_string(),
+            dns,
+            c.issued_at
+        ],
+    )?;
+    Ok(())
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, secret_sha256, spiffe_id, expires_at, uses_left, created_by, created_at, revoked_at";
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TokenRecord, CaError>> {
+    let id: i64 = r.get(0)?;
+    let spiffe_id: String = r.get(2)?;
+    let uses: i64 = r.get(4)?;
+    Ok(SpiffeId::parse(&spiffe_id)
+        .map_err(|e| CaError::BadCaCert {
+            what: format!("token #{id}"),
+            reason: e.to_string(),
+        })
+        .map(|spiffe_id| TokenRecord {
+            id,
+            secret_sha256: r.get(1).unwrap_or_default(),
+            spiffe_id,
+            expires_at: r.get(3).unwrap_or_default(),
+            uses_left: u32::try_from(uses).unwrap_or(0),
+            created_by: r.get(5).unwrap_or_default(),
+            created_at: r.get(6).unwrap_or_default(),
+            revoked_at: r.get(7).unwrap_or_default(),
+        }))
+}
+
+fn bump(conn: &Connection, key: &str) -> Result<u64, CaError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [key],
+    )?;
+    let v: String = conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?;
+    Ok(v.parse().unwrap_or(0))
 }

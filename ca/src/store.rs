@@ -40,13 +40,99 @@ pub enum AuthorityKind {
     Intermediate,
 }
 
-/// Where an authority is in its life: `Active` signs (intermediates) or anchors (roots).
+/// Where an authority is in its life. Roots: `Prepared` (in the bundle, signs nothing yet),
+/// `Active` (in the bundle, its intermediate signs), `Retiring` (in the bundle, signs nothing:
+/// its leaves live out their lifetime), `Retired` (out of the bundle). Intermediates: `Active`
+/// (signs) or `Retired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum AuthorityState {
+    Prepared,
     Active,
+    Retiring,
     Retired,
+}
+
+impl AuthorityState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepared => "prepared",
+            Self::Active => "active",
+            Self::Retiring => "retiring",
+            Self::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Prepared, Self::Active, Self::Retiring, Self::Retired]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+
+    /// Whether a root in this state belongs in the trust bundle.
+    pub fn in_bundle(self) -> bool {
+        !matches!(self, Self::Retired)
+    }
+}
+
+/// A bootstrap token as the CA keeps it: the SHA-256 of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    pub id: i64,
+    /// SHA-256 of the secret, lowercase hex.
+    #[serde(skip)]
+    pub secret_sha256: String,
+    pub spiffe_id: SpiffeId,
+    pub expires_at: i64,
+    pub uses_left: u32,
+    pub created_by: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Why a token was not accepted. Only the audit log sees the difference; the client always
+/// gets the same `invalid_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenRejection {
+    Unknown,
+    Expired,
+    Spent,
+    Revoked,
+}
+
+impl TokenRejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Expired => "expired",
+            Self::Spent => "spent",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// How an enrollment transaction ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum EnrollOutcome {
+    /// The token paid for this certificate; both are committed.
+    Issued(TokenRecord, IssuedCert),
+    /// The token was not accepted; nothing changed.
+    Rejected(TokenRejection),
+    /// The token was valid and is now spent, but issuance failed (a bad CSR, say).
+    Failed(TokenRecord, CaError),
+}
+
+/// One revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevocationRecord {
+    #[serde(serialize_with = "as_display")]
+    pub serial: Serial,
+    pub spiffe_id: SpiffeId,
+    pub at: i64,
+    pub reason: Option<String>,
 }
 
 /// One leaf certificate the CA issued.
@@ -82,6 +168,42 @@ pub trait Store: Send {
     fn record_issued(&mut self, cert: &IssuedCert) -> Result<(), CaError>;
     /// Every issued certificate, oldest first.
     fn list_issued(&self) -> Result<Vec<IssuedCert>, CaError>;
+
+    /// In one transaction: adds an authority (a new root or intermediate; its id is returned),
+    /// changes the state of others, sets meta values, and bumps `state_version` so running
+    /// servers reload.
+    fn change_authorities(
+        &mut self,
+        new: Option<&AuthorityRecord>,
+        states: &[(i64, AuthorityState)],
+        meta: &[(&str, String)],
+    ) -> Result<Option<i64>, CaError>;
+    /// A meta value (rotation phase, timestamps, versions).
+    fn meta_value(&self, key: &str) -> Result<Option<String>, CaError>;
+
+    fn insert_token(&mut self, t: &TokenRecord) -> Result<i64, CaError>;
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, CaError>;
+    /// Revokes a token by id; false if there is no such token.
+    fn revoke_token(&mut self, id: i64, now: i64) -> Result<bool, CaError>;
+    /// In one transaction: finds the token by the SHA-256 of its secret, spends one use, runs
+    /// `issue`, and records what it issued. A valid token is spent even when `issue` fails.
+    fn enroll(
+        &mut self,
+        secret_sha256: &str,
+        now: i64,
+        issue: &mut dyn FnMut(&TokenRecord) -> Result<IssuedCert, CaError>,
+    ) -> Result<EnrollOutcome, CaError>;
+
+    /// Revokes the given serials (already revoked ones are skipped) and returns what was added.
+    fn revoke(
+        &mut self,
+        serials: &[(Serial, SpiffeId)],
+        now: i64,
+        reason: Option<&str>,
+    ) -> Result<Vec<RevocationRecord>, CaError>;
+    fn is_revoked(&self, serial: &Serial) -> Result<bool, CaError>;
+    /// Every revocation and the revocation sequence.
+    fn revocations(&self) -> Result<(u64, Vec<RevocationRecord>), CaError>;
 }
 
 fn as_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {

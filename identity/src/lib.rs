@@ -3,6 +3,7 @@
 //!
 //! Pure: no async runtime, no sockets, no files, no clock. Time is always a parameter.
 
+pub mod api;
 pub mod bundle;
 pub mod duration;
 pub mod spiffe_id;

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
@@ -13,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 
 use crate::Error;
-use crate::verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
+use crate::verifier::SpiffeClientVerifier;
 
 /// ALPN protocol ids.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -48,10 +49,11 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A client config that checks the server's SPIFFE ID with `server_verifier` and presents the
-/// credentials of `certs` when the server asks (None for a client without an SVID yet).
+/// A client config that checks the server with `server_verifier` (a `SpiffeServerVerifier`, or
+/// the enrollment verifier that pins the CA's root) and presents the credentials of `certs` when
+/// the server asks (None for a client without an SVID yet).
 pub fn client_config(
-    server_verifier: Arc<SpiffeServerVerifier>,
+    server_verifier: Arc<dyn ServerCertVerifier>,
     certs: Option<Arc<dyn ResolvesClientCert>>,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, Error> {

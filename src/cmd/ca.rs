@@ -61,6 +61,17 @@ pub enum CaCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the enrollment API (HTTPS, TLS 1.3) and the admin endpoints (loopback).
+    Serve(super::ca_ops::ServeArgs),
+    /// Bootstrap tokens: create, list, revoke.
+    #[command(subcommand)]
+    Token(super::ca_ops::TokenCommand),
+    /// Revoke issued SVIDs by serial or by SPIFFE ID; they can no longer renew and are listed in
+    /// /v1/revocations.
+    Revoke(super::ca_ops::RevokeArgs),
+    /// Root rotation in three steps: prepare, activate, retire; and status.
+    #[command(subcommand)]
+    Rotate(super::ca_ops::RotateCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,11 +115,27 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
         } => issue(&dir, &spiffe_id, ttl, &dns, &out),
         CaCommand::Bundle { dir, format } => bundle(&dir, format),
         CaCommand::List { dir, json } => list(&dir, json),
+        CaCommand::Serve(args) => super::ca_ops::serve(args),
+        CaCommand::Token(c) => super::ca_ops::token(c),
+        CaCommand::Revoke(args) => super::ca_ops::revoke(args),
+        CaCommand::Rotate(c) => super::ca_ops::rotate(c),
     }
 }
 
 fn init(dir: &Path, td: TrustDomain, key_type: KeyType) -> anyhow::Result<ExitCode> {
     let report = Authority::init(dir, td, key_type, OffsetDateTime::now_utc()).map_err(ca_err)?;
+    let event = meshgate_audit::AuditEvent::new(
+        meshgate_audit::Component::Cli,
+        super::ca_ops::operator(),
+        meshgate_audit::Action::CaInit,
+        report.trust_domain.id().as_str(),
+        meshgate_audit::Outcome::Success,
+    )
+    .with_trust_domain(report.trust_domain.to_string())
+    .with_detail("root_sha256", report.root_sha256.clone())
+    .with_detail("key_type", report.key_type.name());
+    meshgate_ca::audit_log::append_once(dir, event)
+        .map_err(|e| anyhow::anyhow!("the CA is created, but {e}"))?;
     println!(
         "Created a CA for trust domain {} in {} ({} keys)",
         report.trust_domain,
@@ -212,7 +239,7 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// CA errors caused by the caller's input exit 2; the rest exit 1.
-fn ca_err(e: CaError) -> anyhow::Error {
+pub(super) fn ca_err(e: CaError) -> anyhow::Error {
     if e.is_bad_input() {
         bad_input(e.to_string())
     } else {

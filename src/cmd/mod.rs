@@ -1,9 +1,11 @@
 //! One module per command group of the CLI, and the argument parsers they share.
 
 pub mod ca;
+pub mod ca_ops;
 pub mod demo;
 pub mod policy;
 pub mod svid;
+pub mod svid_agent;
 
 use std::time::Duration;
 

@@ -27,11 +27,31 @@ pub enum SvidCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Enroll with a bootstrap token: OUT/svid.pem, key.pem (0600), bundle.pem, state.json.
+    Fetch {
+        /// The bootstrap token (or set MESHGATE_BOOTSTRAP_TOKEN).
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "MESHGATE_BOOTSTRAP_TOKEN",
+            hide_env_values = true
+        )]
+        token: String,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Renew once over mTLS with the SVID in DIR (written by `svid fetch`).
+    Renew {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 pub fn run(cmd: SvidCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SvidCommand::Inspect { file, bundle, json } => inspect(&file, bundle.as_deref(), json),
+        SvidCommand::Fetch { token, out } => super::svid_agent::fetch(&token, &out),
+        SvidCommand::Renew { dir } => super::svid_agent::renew(&dir),
     }
 }
 

@@ -1,0 +1,256 @@
+//! The servers' front to the audit log: events go over a bounded channel to one writer thread,
+//! which appends them in batches and syncs once per batch, off the request path.
+
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use crate::record::check_size;
+use crate::{AuditError, AuditEvent, AuditWriter};
+
+/// The most events the writer thread appends before it syncs.
+pub const MAX_BATCH: usize = 1024;
+
+/// A handle to the audit writer thread. Share it by reference (it is `Sync`) or in an `Arc`.
+///
+/// Nothing is dropped: when the queue is full, [`AuditSink::record`] blocks until the writer
+/// thread catches up (backpressure). If a write or sync fails the writer stops, the failure is
+/// logged (`tracing`) and every later call returns [`AuditError::Failed`], so a caller learns
+/// that events it handed over with `record` may be lost. Dropping the sink drains the queue,
+/// syncs, and joins the thread; [`AuditSink::shutdown`] does the same and returns the error.
+#[derive(Debug)]
+pub struct AuditSink {
+    tx: Option<SyncSender<Msg>>,
+    thread: Option<JoinHandle<Result<(), AuditError>>>,
+    failed: Arc<OnceLock<String>>,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Event {
+        event: AuditEvent,
+        reply: Option<SyncSender<Result<u64, AuditError>>>,
+    },
+    Flush(SyncSender<Result<(), AuditError>>),
+}
+
+impl AuditSink {
+    /// Starts the writer thread with a queue of `capacity` events (at least 1).
+    pub fn spawn(writer: AuditWriter, capacity: usize) -> Result<Self, AuditError> {
+        let (tx, rx) = sync_channel(capacity.max(1));
+        let failed = Arc::new(OnceLock::new());
+        let thread_failed = Arc::clone(&failed);
+        let path = writer.path().to_owned();
+        let thread = std::thread::Builder::new()
+            .name("meshgate-audit".into())
+            .spawn(move || run(writer, &rx, &thread_failed))
+            .map_err(AuditError::io(path, "start the audit writer thread"))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            failed,
+        })
+    }
+
+    /// Queues `event`; blocks while the queue is full. It is durable once a later
+    /// [`AuditSink::flush`] returns `Ok` (or shortly after, when its batch is synced).
+    pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        check_size(&event)?;
+        self.send(Msg::Event { event, reply: None })
+    }
+
+    /// Queues `event` and waits until the batch holding it is synced to disk; returns its seq.
+    /// For events that must not be acknowledged before they are in the log (issuance).
+    pub fn record_durable(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        check_size(&event)?;
+        let (reply, done) = sync_channel(1);
+        self.send(Msg::Event {
+            event,
+            reply: Some(reply),
+        })?;
+        done.recv().map_err(|_| AuditError::Closed)?
+    }
+
+    /// Waits until everything queued before this call is synced to disk.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let (reply, done) = sync_channel(1);
+        self.send(Msg::Flush(reply))?;
+        done.recv().map_err(|_| AuditError::Closed)?
+    }
+
+    /// Drains the queue, syncs, stops the thread, and returns the first error it met.
+    pub fn shutdown(mut self) -> Result<(), AuditError> {
+        self.stop()
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), AuditError> {
+        if let Some(cause) = self.failed.get() {
+            return Err(AuditError::Failed {
+                cause: cause.clone(),
+            });
+        }
+        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
+        tx.send(msg).map_err(|_| AuditError::Closed)
+    }
+
+    fn stop(&mut self) -> Result<(), AuditError> {
+        drop(self.tx.take());
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let result = thread
+            .join()
+            .map_err(|_| AuditError::Internal("the audit writer thread panicked"))?;
+        match self.failed.get() {
+            Some(cause) => Err(AuditError::Failed {
+                cause: cause.clone(),
+            }),
+            None => result,
+        }
+    }
+}
+
+impl Drop for AuditSink {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!(error = %e, "audit sink closed with an error");
+        }
+    }
+}
+
+/// The writer thread: one batch per wake-up until every sender is gone, then a final sync.
+fn run(
+    mut writer: AuditWriter,
+    rx: &Receiver<Msg>,
+    failed: &OnceLock<String>,
+) -> Result<(), AuditError> {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(msg) => batch.push(msg),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        write_batch(&mut writer, batch.drain(..), failed);
+    }
+    if failed.get().is_some() {
+        return Ok(());
+    }
+    writer.sync()
+}
+
+/// Appends a batch, syncs once, then answers the callers waiting on it.
+fn write_batch(
+    writer: &mut AuditWriter,
+    batch: impl Iterator<Item = Msg>,
+    failed: &OnceLock<String>,
+) {
+    let mut durable = Vec::new();
+    let mut flushes = Vec::new();
+    for msg in batch {
+        match msg {
+            Msg::Event { event, reply } => match writer.append(&event) {
+                Ok(seq) => durable.extend(reply.map(|reply| (reply, seq))),
+                Err(e) if writer.failure().is_none() => {
+                    // This event alone is refused (e.g. the clock is out of range).
+                    tracing::error!(error = %e, action = ?event.action, "audit event not written");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit writer failed");
+                    durable.extend(reply.map(|reply| (reply, 0)));
+                }
+            },
+            Msg::Flush(reply) => flushes.push(reply),
+        }
+    }
+    if writer.failure().is_none()
+        && let Err(e) = writer.sync()
+    {
+        tracing::error!(error = %e, "audit writer failed");
+    }
+    let failure = writer
+        .failure()
+        .map(|cause| failed.get_or_init(|| cause.to_owned()));
+    let error = || AuditError::Failed {
+        cause: failure.cloned().unwrap_or_default(),
+    };
+    // A caller that gave up waiting is gone; its reply has nowhere to go.
+    for (reply, seq) in durable {
+        let _ = reply.send(if failure.is_some() {
+            Err(error())
+        } else {
+            Ok(seq)
+        });
+    }
+    for reply in flushes {
+        let _ = reply.send(if failure.is_some() {
+            Err(error())
+        } else {
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, Component, Outcome};
+
+    fn event() -> AuditEvent {
+        AuditEvent::new(
+            Component::Ca,
+            "anonymous",
+            Action::TokenUse,
+            "t",
+            Outcome::Success,
+        )
+    }
+
+    /// A sink whose every sync fails: /dev/full takes writes into no space.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_sync_reaches_every_caller_and_stops_the_sink() {
+        let path = std::path::Path::new("/dev/full");
+        let file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        let sink = AuditSink::spawn(AuditWriter::over(file, path), 8).unwrap();
+        sink.record(event()).unwrap();
+        let err = sink.record_durable(event()).unwrap_err();
+        assert!(matches!(err, AuditError::Failed { .. }), "{err}");
+        assert!(err.to_string().contains("/dev/full"), "{err}");
+        assert!(matches!(
+            sink.record(event()),
+            Err(AuditError::Failed { .. })
+        ));
+        assert!(matches!(sink.flush(), Err(AuditError::Failed { .. })));
+        assert!(matches!(sink.shutdown(), Err(AuditError::Failed { .. })));
+    }
+
+    #[test]
+    fn an_event_the_clock_cannot_stamp_is_refused_alone() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let broken = Arc::new(AtomicBool::new(true));
+        let clock_broken = Arc::clone(&broken);
+        let clock = move || {
+            let now = time::OffsetDateTime::now_utc();
+            if clock_broken.load(Ordering::SeqCst) {
+                now.replace_year(-1).unwrap()
+            } else {
+                now
+            }
+        };
+        let (writer, _) = AuditWriter::open_with_clock(&path, Component::Ca, clock).unwrap();
+        let sink = AuditSink::spawn(writer, 8).unwrap();
+        let err = sink.record_durable(event()).unwrap_err();
+        assert!(matches!(err, AuditError::BadTime(_)), "{err}");
+        broken.store(false, Ordering::SeqCst);
+        assert_eq!(sink.record_durable(event()).unwrap(), 1);
+        sink.shutdown().unwrap();
+    }
+}

@@ -1,0 +1,58 @@
+//! The CA's audit log, `<ca dir>/audit.jsonl`: a batched, hash-chained writer. Issuance events
+//! are written durably (fsynced) before the certificate is handed out; a full queue makes the CA
+//! wait rather than drop an event.
+
+use std::path::Path;
+
+use meshgate_audit::{AuditEvent, AuditSink, AuditWriter, Component};
+
+use crate::error::CaError;
+
+/// The audit log's file name inside a CA directory.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+
+/// How many events may wait for the writer thread before callers block.
+const QUEUE: usize = 4096;
+
+#[derive(Debug)]
+pub struct CaAudit {
+    sink: AuditSink,
+}
+
+impl CaAudit {
+    /// Opens (or creates) the log, repairing a torn tail left by a crash.
+    pub fn open(dir: &Path) -> Result<Self, CaError> {
+        let (writer, report) = AuditWriter::open(dir.join(AUDIT_FILE), Component::Ca)
+            .map_err(|e| CaError::Audit(e.to_string()))?;
+        if report.recovered.is_some() {
+            tracing::warn!("audit log had a torn tail after a crash; repaired: {report:?}");
+        }
+        let sink = AuditSink::spawn(writer, QUEUE).map_err(|e| CaError::Audit(e.to_string()))?;
+        Ok(Self { sink })
+    }
+
+    /// Queues an event (blocking while the queue is full).
+    pub fn record(&self, event: AuditEvent) {
+        if let Err(e) = self.sink.record(event) {
+            tracing::error!("audit write failed: {e}");
+        }
+    }
+
+    /// Writes an event and waits until it is on disk.
+    pub fn record_durable(&self, event: AuditEvent) -> Result<(), CaError> {
+        self.sink
+            .record_durable(event)
+            .map(|_| ())
+            .map_err(|e| CaError::Audit(e.to_string()))
+    }
+}
+
+/// Appends one event from a short-lived CLI process and syncs it.
+pub fn append_once(dir: &Path, event: AuditEvent) -> Result<(), CaError> {
+    let (mut writer, _) = AuditWriter::open(dir.join(AUDIT_FILE), Component::Ca)
+        .map_err(|e| CaError::Audit(e.to_string()))?;
+    writer
+        .append(&event)
+        .map_err(|e| CaError::Audit(e.to_string()))?;
+    writer.sync().map_err(|e| CaError::Audit(e.to_string()))
+}

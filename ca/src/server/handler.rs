@@ -1,0 +1,329 @@
+//! The enrollment API's routes. Every failure goes through `ApiError`, the one place that turns
+//! an error into a status and a stable code; token failures all look alike from outside.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use meshgate_identity::api::{
+    BootstrapToken, EnrollRequest, ErrorCode, ErrorResponse, MAX_BODY_BYTES, PATH_BUNDLE,
+    PATH_BUNDLE_PEM, PATH_ENROLL, PATH_RENEW, PATH_REVOCATIONS, RenewRequest, SvidResponse,
+};
+use meshgate_identity::bundle::pem_encode;
+use meshgate_identity::{Serial, SpiffeId};
+use rustls_pki_types::CertificateSigningRequestDer;
+use rustls_pki_types::pem::PemObject as _;
+use time::OffsetDateTime;
+
+use super::State;
+use crate::authority::IssuedSvid;
+use crate::error::CaError;
+use crate::tokens::EnrollError;
+
+/// Who is on the other end of a connection: its address and, after mTLS, its verified SVID.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub addr: SocketAddr,
+    pub svid: Option<(SpiffeId, Serial)>,
+}
+
+/// An error answer: status from the code, and a message that names no secret.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid_token() -> Self {
+        Self::new(ErrorCode::InvalidToken, "the bootstrap token is not valid")
+    }
+
+    fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "the CA failed to process the request")
+    }
+
+    /// The one mapping from CA errors to the wire.
+    fn from_ca(e: &CaError) -> Self {
+        match e {
+            CaError::BadCsr { .. } => Self::new(ErrorCode::CsrRejected, e.to_string()),
+            CaError::Revoked(_) => Self::new(ErrorCode::Forbidden, e.to_string()),
+            CaError::ReservedId(_) | CaError::ForeignTrustDomain(..) | CaError::InvalidId(_) => {
+                Self::new(ErrorCode::Forbidden, e.to_string())
+            }
+            other => {
+                tracing::error!("CA failure: {other}");
+                Self::internal()
+            }
+        }
+    }
+}
+
+pub(crate) async fn handle(
+    state: Arc<State>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let path = req.uri().path().to_owned();
+    let result = route(&state, &peer, req).await;
+    let response = result.unwrap_or_else(|e| error_response(&e));
+    let label = match path.as_str() {
+        PATH_ENROLL | PATH_RENEW | PATH_BUNDLE | PATH_BUNDLE_PEM | PATH_REVOCATIONS => {
+            path.as_str()
+        }
+        _ => "other",
+    };
+    state.metrics.request(label, response.status().as_u16());
+    Ok(response)
+}
+
+async fn route(
+    state: &Arc<State>,
+    peer: &Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let method = req.method().clone();
+    match (req.uri().path(), method) {
+        (PATH_ENROLL, Method::POST) => enroll(state, peer, req).await,
+        (PATH_RENEW, Method::POST) => renew(state, peer, req).await,
+        (PATH_BUNDLE, Method::GET) => {
+            let bundle = with_ca(state, |ca| ca.bundle()).await?.api()?;
+            let json = bundle.to_jwks().map_err(|_| ApiError::internal())?;
+            Ok(body(StatusCode::OK, "application/json", json))
+        }
+        (PATH_BUNDLE_PEM, Method::GET) => {
+            let bundle = with_ca(state, |ca| ca.bundle()).await?.api()?;
+            Ok(body(
+                StatusCode::OK,
+                "application/x-pem-file",
+                bundle.to_pem(),
+            ))
+        }
+        (PATH_REVOCATIONS, Method::GET) => {
+            require_svid(peer)?;
+            let list = with_ca(state, |ca| ca.revocation_list()).await?.api()?;
+            json(&list)
+        }
+        (PATH_ENROLL | PATH_RENEW | PATH_BUNDLE | PATH_BUNDLE_PEM | PATH_REVOCATIONS, _) => {
+            Err(ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this path",
+            ))
+        }
+        _ => Err(ApiError::new(ErrorCode::NotFound, "no such endpoint")),
+    }
+}
+
+async fn enroll(
+    state: &Arc<State>,
+    peer: &Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if state.enroll_limiter.check_key(&peer.addr.ip()).is_err() {
+        super::metrics::Metrics::outcome(&state.metrics.rate_limited, "enroll");
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many enrollments from this address",
+        ));
+    }
+    let request: EnrollRequest = read_json(req).await?;
+    // Every token failure, malformed text included, is the same answer; the text is never echoed.
+    let Ok(token) = BootstrapToken::parse(&request.token) else {
+        super::metrics::Metrics::outcome(&state.metrics.enrollments, "invalid_token");
+        state.audit_token_reject(peer, "malformed");
+        return Err(ApiError::invalid_token());
+    };
+    let csr = csr_der(&request.csr);
+    let now = OffsetDateTime::now_utc();
+    let result = with_ca(state, move |ca| {
+        // A CSR that is not even PEM still spends a valid token, like any other bad CSR.
+        let csr = csr.unwrap_or_default();
+        ca.enroll(&token, &csr, now)
+    })
+    .await?;
+    match result {
+        Ok((token, issued)) => {
+            super::metrics::Metrics::outcome(&state.metrics.enrollments, "issued");
+            state
+                .audit_enrolled(peer, &token, &issued)
+                .map_err(|_| ApiError::internal())?;
+            svid_response(state, &issued).await
+        }
+        Err(EnrollError::Token(rejection)) => {
+            super::metrics::Metrics::outcome(&state.metrics.enrollments, "invalid_token");
+            state.audit_token_reject(peer, rejection.as_str());
+            Err(ApiError::invalid_token())
+        }
+        Err(EnrollError::Spent(spent)) => {
+            let (token, e) = *spent;
+            super::metrics::Metrics::outcome(&state.metrics.enrollments, "rejected");
+            state.audit_token_spent(peer, &token, &e);
+            Err(ApiError::from_ca(&e))
+        }
+        Err(EnrollError::Ca(e)) => Err(ApiError::from_ca(&e)),
+    }
+}
+
+async fn renew(
+    state: &Arc<State>,
+    peer: &Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (id, serial) = require_svid(peer)?;
+    if state.sign_limiter.check_key(&peer.addr.ip()).is_err() {
+        super::metrics::Metrics::outcome(&state.metrics.rate_limited, "renew");
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many signing requests from this address",
+        ));
+    }
+    let request: RenewRequest = read_json(req).await?;
+    let csr = csr_der(&request.csr)?;
+    let now = OffsetDateTime::now_utc();
+    let (rid, rserial) = (id.clone(), serial.clone());
+    let result = with_ca(state, move |ca| ca.renew(&rid, &rserial, &csr, now)).await?;
+    match result {
+        Ok(issued) => {
+            super::metrics::Metrics::outcome(&state.metrics.renewals, "issued");
+            state
+                .audit_renewed(peer, &issued)
+                .map_err(|_| ApiError::internal())?;
+            svid_response(state, &issued).await
+        }
+        Err(e) => {
+            super::metrics::Metrics::outcome(&state.metrics.renewals, "rejected");
+            state.audit_renew_rejected(peer, &id, &serial, &e);
+            Err(ApiError::from_ca(&e))
+        }
+    }
+}
+
+async fn svid_response(
+    state: &Arc<State>,
+    issued: &IssuedSvid,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let bundle = with_ca(state, |ca| ca.bundle()).await?.api()?;
+    json(&SvidResponse {
+        svid: issued
+            .chain
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c))
+            .collect(),
+        bundle: bundle.to_pem(),
+        expires_at: issued.record.not_after,
+    })
+}
+
+fn require_svid(peer: &Peer) -> Result<(SpiffeId, Serial), ApiError> {
+    peer.svid.clone().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unauthenticated,
+            "this call needs mTLS with a current SVID",
+        )
+    })
+}
+
+fn csr_der(pem: &str) -> Result<Vec<u8>, ApiError> {
+    CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map(|d| d.as_ref().to_vec())
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::CsrRejected,
+                "csr is not a PEM CERTIFICATE REQUEST",
+            )
+        })
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is over {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(ErrorCode::BadRequest, "could not read the request body")
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // serde's message names the field or position, never echoes the value.
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("request body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+/// Runs `f` on the authority in the blocking pool (SQLite and signing are synchronous).
+async fn with_ca<T, F>(state: &Arc<State>, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut crate::Authority) -> T + Send + 'static,
+{
+    let ca = state.authority.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    })
+    .await
+    .map_err(|_| ApiError::internal())
+}
+
+trait IntoApi<T> {
+    fn api(self) -> Result<T, ApiError>;
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Response<Full<Bytes>>, ApiError> {
+    let text = serde_json::to_string(value).map_err(|_| ApiError::internal())?;
+    Ok(body(StatusCode::OK, "application/json", text))
+}
+
+fn body(status: StatusCode, content_type: &'static str, text: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+pub(crate) fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let text = serde_json::to_string(&ErrorResponse {
+        error: e.code,
+        message: e.message.clone(),
+    })
+    .unwrap_or_default();
+    body(status, "application/json", text)
+}
+
+impl<T> IntoApi<T> for Result<T, CaError> {
+    fn api(self) -> Result<T, ApiError> {
+        self.map_err(|e| ApiError::from_ca(&e))
+    }
+}

@@ -1,0 +1,126 @@
+//! Bootstrap tokens: created by the operator, stored as the SHA-256 of their secret, and spent
+//! atomically with the issuance they pay for.
+
+use std::time::Duration;
+
+use meshgate_identity::SpiffeId;
+use meshgate_identity::api::{BootstrapToken, TOKEN_SECRET_BYTES, TokenClaims};
+use ring::rand::SecureRandom as _;
+use time::OffsetDateTime;
+
+use crate::authority::{Authority, IssuedSvid};
+use crate::csr::check_csr;
+use crate::error::CaError;
+use crate::profile;
+use crate::store::{EnrollOutcome, Store as _, TokenRecord, TokenRejection};
+
+/// Default token lifetime.
+pub const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+/// Longest token lifetime.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// Why an enrollment failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollError {
+    /// The token was not accepted; nothing was spent.
+    #[error("token rejected ({})", .0.as_str())]
+    Token(TokenRejection),
+    /// The token was valid and is spent, but the request failed (a bad CSR, say).
+    #[error("{}", .0.1)]
+    Spent(Box<(TokenRecord, CaError)>),
+    /// The CA failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
+
+impl Authority {
+    /// Creates a token for `id`: returns the token (the only time its secret exists outside the
+    /// caller's hands) and its stored record.
+    pub fn create_token(
+        &mut self,
+        id: &SpiffeId,
+        ttl: Duration,
+        uses: u32,
+        created_by: &str,
+        ca_url: &str,
+        now: OffsetDateTime,
+    ) -> Result<(BootstrapToken, TokenRecord), CaError> {
+        self.check_issuable(id)?;
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(CaError::BadTtl {
+                requested: meshgate_identity::duration::format_duration(ttl),
+                max: meshgate_identity::duration::format_duration(MAX_TOKEN_TTL),
+            });
+        }
+        if uses == 0 {
+            return Err(CaError::BadUses(uses));
+        }
+        let mut secret = [0u8; TOKEN_SECRET_BYTES];
+        ring::rand::SystemRandom::new()
+            .fill(&mut secret)
+            .map_err(|_| CaError::Random)?;
+        let expires_at = (now + ttl).unix_timestamp();
+        let token = BootstrapToken::new(
+            TokenClaims {
+                ca_url: ca_url.to_owned(),
+                root_sha256: self.root_sha256(),
+                spiffe_id: id.clone(),
+                expires_at,
+            },
+            secret,
+        );
+        let mut record = TokenRecord {
+            id: 0,
+            secret_sha256: hex::encode(token.secret_sha256()),
+            spiffe_id: id.clone(),
+            expires_at,
+            uses_left: uses,
+            created_by: created_by.to_owned(),
+            created_at: now.unix_timestamp(),
+            revoked_at: None,
+        };
+        record.id = self.store.insert_token(&record)?;
+        Ok((token, record))
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, CaError> {
+        self.store.list_tokens()
+    }
+
+    /// Revokes a token by its id; false if there was none (or it was already revoked).
+    pub fn revoke_token(&mut self, id: i64, now: OffsetDateTime) -> Result<bool, CaError> {
+        self.store.revoke_token(id, now.unix_timestamp())
+    }
+
+    /// Enrollment: the token (found by its secret's hash; the claims the client sent are not
+    /// trusted) pays for one SVID for the token's SPIFFE ID, signed from `csr_der`. One store
+    /// transaction spends the token and records the certificate.
+    pub fn enroll(
+        &mut self,
+        token: &BootstrapToken,
+        csr_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<(TokenRecord, IssuedSvid), EnrollError> {
+        let hash = hex::encode(token.secret_sha256());
+        let signer = &self.signer;
+        let mut minted = None;
+        let outcome = self
+            .store
+            .enroll(&hash, now.unix_timestamp(), &mut |t: &TokenRecord| {
+                let csr = check_csr(csr_der, &t.spiffe_id)?;
+                let issued = signer.mint(&csr, &[], profile::LEAF_TTL, now)?;
+                let record = issued.record.clone();
+                minted = Some(issued);
+                Ok(record)
+            })?;
+        match outcome {
+            EnrollOutcome::Issued(t, _) => {
+                let issued = minted.ok_or(CaError::Internal("issuance produced no certificate"))?;
+                Ok((t, issued))
+            }
+            EnrollOutcome::Rejected(r) => Err(EnrollError::Token(r)),
+            EnrollOutcome::Failed(t, e) => Err(EnrollError::Spent(Box::new((t, e)))),
+        }
+    }
+}
