@@ -208,12 +208,21 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = OffsetDateTime::now_utc().unix_timestamp();
+    let revoked: std::collections::HashSet<_> = ca
+        .revocation_list()
+        .map_err(ca_err)?
+        .revoked
+        .into_iter()
+        .map(|r| r.serial)
+        .collect();
     println!(
         "{:<34} {:<22} {:<8} SPIFFE ID",
         "SERIAL", "NOT AFTER", "STATUS"
     );
     for c in &issued {
-        let status = if c.not_after < now {
+        let status = if revoked.contains(&c.serial) {
+            "revoked"
+        } else if c.not_after < now {
             "expired"
         } else {
             "valid"
