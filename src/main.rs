@@ -32,8 +32,17 @@ enum Command {
     /// Identity policies: check and explain.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// The gateway: mTLS inbound/outbound listeners with identity policy.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
     /// Run the demo: a three-service bank on 127.0.0.1 with an embedded CA and the example policies.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayCommand {
+    /// Run a gateway from its config file, enrolling with a bootstrap token on first start.
+    Run(cmd::gateway::GatewayArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +63,7 @@ fn main() -> ExitCode {
         Command::Ca(c) => cmd::ca::run(c),
         Command::Svid(c) => cmd::svid::run(c),
         Command::Policy(c) => cmd::policy::run(c),
+        Command::Gateway(GatewayCommand::Run(c)) => cmd::gateway::run(c),
         Command::Demo => cmd::demo::run(),
     };
     exit::finish(result)
@@ -61,7 +71,7 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,meshgate::access=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

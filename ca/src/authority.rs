@@ -129,11 +129,11 @@ impl Authority {
         self.meta.key_type
     }
 
-    /// The trust bundle: every active root, with the current sequence number.
+    /// The trust bundle: every root in it and its sequence number, as the datastore has them now
+    /// (not as of the last reload, so that the sequence always matches the roots).
     pub fn bundle(&self) -> Result<TrustBundle, CaError> {
-        let roots = self
-            .store
-            .authorities()?
+        let (sequence, authorities) = self.store.bundle_state()?;
+        let roots = authorities
             .into_iter()
             .filter(|a| a.kind == AuthorityKind::Root && a.state.in_bundle())
             .map(|a| CertificateDer::from(a.cert_der))
@@ -144,7 +144,7 @@ impl Authority {
                 reason: e.to_string(),
             }
         })?;
-        bundle.sequence = self.meta.bundle_sequence;
+        bundle.sequence = sequence;
         bundle.refresh_hint = Some(profile::BUNDLE_REFRESH_HINT.as_secs());
         Ok(bundle)
     }

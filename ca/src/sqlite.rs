@@ -80,6 +80,39 @@ impl SqliteStore {
         Ok(Self { conn })
     }
 
+    fn revocations_in_snapshot(&self) -> Result<(u64, Vec<RevocationRecord>), CaError> {
+        let seq = self
+            .meta_get("revocation_sequence")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT serial, spiffe_id, at, reason FROM revocations ORDER BY at, serial")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (serial, id, at, reason) = row?;
+            let corrupt = |reason: String| CaError::BadCaCert {
+                what: format!("revocation {serial}"),
+                reason,
+            };
+            out.push(RevocationRecord {
+                serial: Serial::parse_hex(&serial).ok_or_else(|| corrupt("serial".into()))?,
+                spiffe_id: SpiffeId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
+                at,
+                reason,
+            });
+        }
+        Ok((seq, out))
+    }
+
     fn meta_get(&self, key: &str) -> Result<Option<String>, CaError> {
         Ok(self
             .conn
@@ -193,6 +226,15 @@ impl Store for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn bundle_state(&self) -> Result<(u64, Vec<AuthorityRecord>), CaError> {
+        // A read transaction: in WAL mode both reads see the same snapshot.
+        let tx = self.conn.unchecked_transaction()?;
+        let sequence = self.meta()?.bundle_sequence;
+        let authorities = self.authorities()?;
+        tx.commit()?;
+        Ok((sequence, authorities))
     }
 
     fn record_issued(&mut self, c: &IssuedCert) -> Result<(), CaError> {
@@ -409,36 +451,11 @@ impl Store for SqliteStore {
     }
 
     fn revocations(&self) -> Result<(u64, Vec<RevocationRecord>), CaError> {
-        let seq = self
-            .meta_get("revocation_sequence")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT serial, spiffe_id, at, reason FROM revocations ORDER BY at, serial")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (serial, id, at, reason) = row?;
-            let corrupt = |reason: String| CaError::BadCaCert {
-                what: format!("revocation {serial}"),
-                reason,
-            };
-            out.push(RevocationRecord {
-                serial: Serial::parse_hex(&serial).ok_or_else(|| corrupt("serial".into()))?,
-                spiffe_id: SpiffeId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
-                at,
-                reason,
-            });
-        }
-        Ok((seq, out))
+        // One read transaction, so the sequence and the list come from the same snapshot.
+        let tx = self.conn.unchecked_transaction()?;
+        let result = self.revocations_in_snapshot();
+        tx.commit()?;
+        result
     }
 }
 

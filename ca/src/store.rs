@@ -164,6 +164,9 @@ pub trait Store: Send {
     ) -> Result<(), CaError>;
     fn meta(&self) -> Result<CaMeta, CaError>;
     fn authorities(&self) -> Result<Vec<AuthorityRecord>, CaError>;
+    /// `bundle_sequence` and every authority, read from one snapshot, so that a served bundle's
+    /// sequence always names its roots (`change_authorities` changes both in one transaction).
+    fn bundle_state(&self) -> Result<(u64, Vec<AuthorityRecord>), CaError>;
     /// Records an issued certificate; the certificate may be handed out only after this returns.
     fn record_issued(&mut self, cert: &IssuedCert) -> Result<(), CaError>;
     /// Every issued certificate, oldest first.

@@ -1,5 +1,7 @@
 //! The gateway's one error type, grouped by who is at fault: the operator's input and files, the
 //! CA (the peer), our own SVID's state, or our side. No variant ever carries a token or a key.
+//! Errors of a request in flight are not here: the listeners answer those on the wire
+//! (`crate::reply`).
 
 use std::path::PathBuf;
 
@@ -32,6 +34,32 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
+        source: std::io::Error,
+    },
+
+    // --- the operator's config and policy files ---
+    #[error("config: {0}")]
+    Config(String),
+    #[error("config: `{key}` = {value:?} is not valid: {reason}")]
+    ConfigValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("policy files not loaded:\n{0}")]
+    Policy(String),
+    #[error("the bootstrap token is for {token}, but the config's spiffe_id is {config}")]
+    TokenIdMismatch { token: String, config: String },
+    #[error("the bootstrap token names the CA {token}, but the config's ca.url is {config}")]
+    TokenCaMismatch { token: String, config: String },
+    #[error(
+        "the SVID in the state directory is for {stored}, but the config's spiffe_id is {config}; enroll with a bootstrap token for {config}"
+    )]
+    StoredIdMismatch { stored: String, config: String },
+    #[error("cannot listen on {addr} ({listener}): {source}")]
+    Listen {
+        listener: String,
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
 
@@ -89,6 +117,12 @@ impl Error {
                 | Self::BadTokenId(_)
                 | Self::TokenExpired { .. }
                 | Self::NoState { .. }
+                | Self::Config(_)
+                | Self::ConfigValue { .. }
+                | Self::Policy(_)
+                | Self::TokenIdMismatch { .. }
+                | Self::TokenCaMismatch { .. }
+                | Self::StoredIdMismatch { .. }
         )
     }
 

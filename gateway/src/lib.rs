@@ -1,11 +1,28 @@
-//! meshgate's gateway. So far its SVID agent: it turns a bootstrap token into an X.509-SVID, keeps
-//! it on disk, renews it, and refreshes the trust bundle and the revocation list, publishing each
-//! new credential to the TLS configs that `meshgate_identity::tls` builds.
+//! meshgate's gateway: the SVID agent (it turns a bootstrap token into an X.509-SVID, keeps it on
+//! disk, renews it, and refreshes the trust bundle and the revocation list), and the data plane
+//! that uses it: the mTLS inbound listener that asks the policy about every request, the loopback
+//! outbound routes that carry the local app's calls to peer gateways over HTTP/2, and the admin
+//! listener.
 
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod agent;
+pub mod config;
+mod conn;
 pub mod error;
+mod gateway;
+mod headers;
+mod inbound;
+mod listen;
+mod metrics;
+mod outbound;
+pub mod path;
+mod policy;
+pub mod reply;
 
 pub use agent::{Agent, CaUrl, Enrollment, KeyType, Svid};
+pub use config::Config;
 pub use error::Error;
+pub use gateway::{RunningGateway, run, start};
+pub use policy::PolicyStore;

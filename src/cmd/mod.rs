@@ -3,6 +3,7 @@
 pub mod ca;
 pub mod ca_ops;
 pub mod demo;
+pub mod gateway;
 pub mod policy;
 pub mod svid;
 pub mod svid_agent;

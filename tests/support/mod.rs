@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::expect_used)] // test code
 
+pub mod ca_client;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

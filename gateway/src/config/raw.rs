@@ -1,0 +1,322 @@
+//! The config file as written (serde, unknown keys rejected), and its checks into the typed
+//! `Config`: each error names the key and the value at fault and says what would be accepted.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meshgate_identity::SpiffeId;
+use serde::Deserialize;
+
+use super::{
+    Config, DEFAULT_ADMIN, Inbound, Limits, MAX_HEADER_BYTES, MIN_HEADER_BYTES, Route, Target,
+};
+use crate::agent::CaUrl;
+use crate::error::Error;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    spiffe_id: String,
+    state_dir: PathBuf,
+    ca: Option<RawCa>,
+    inbound: Option<RawInbound>,
+    #[serde(default)]
+    outbound: Vec<RawRoute>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    limits: RawLimits,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    listen: String,
+    upstream: String,
+    policy: Vec<PathBuf>,
+    /// Lets the upstream be another machine, reached in plain text.
+    #[serde(default)]
+    dangerous_remote_upstream: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    listen: String,
+    target: String,
+    expected_peer: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    /// Lets the admin listener bind a non-loopback address.
+    #[serde(default)]
+    dangerous_allow_remote: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_header_bytes: Option<usize>,
+    header_read_timeout: Option<String>,
+    handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: PathBuf,
+}
+
+fn bad(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::ConfigValue {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+impl RawConfig {
+    pub(super) fn check(self) -> Result<Config, Error> {
+        let spiffe_id = workload_id("spiffe_id", &self.spiffe_id)?;
+        let ca_url = match self.ca {
+            Some(ca) => {
+                Some(CaUrl::parse(&ca.url).map_err(|e| bad("ca.url", &ca.url, e.to_string()))?)
+            }
+            None => None,
+        };
+        let inbound = self.inbound.map(RawInbound::check).transpose()?;
+        let mut outbound: Vec<Route> = Vec::with_capacity(self.outbound.len());
+        for (i, raw) in self.outbound.into_iter().enumerate() {
+            let route = raw.check(i)?;
+            if outbound.iter().any(|r| r.name == route.name) {
+                return Err(bad(
+                    format!("outbound[{i}].name"),
+                    &route.name,
+                    "another route has this name",
+                ));
+            }
+            let taken = outbound
+                .iter()
+                .any(|r| r.listen == route.listen && route.listen.port() != 0)
+                || inbound.as_ref().is_some_and(|ib| ib.listen == route.listen);
+            if taken {
+                return Err(bad(
+                    format!("outbound[{i}].listen"),
+                    route.listen.to_string(),
+                    "another listener has this address",
+                ));
+            }
+            outbound.push(route);
+        }
+        if inbound.is_none() && outbound.is_empty() {
+            return Err(Error::Config(
+                "the config has neither [inbound] nor [[outbound]]; a gateway needs at least one listener".into(),
+            ));
+        }
+        let admin = match self.admin {
+            Some(a) => {
+                let addr = socket_addr("admin.listen", &a.listen)?;
+                if !addr.ip().is_loopback() && !a.dangerous_allow_remote {
+                    return Err(bad(
+                        "admin.listen",
+                        &a.listen,
+                        "the admin listener must be on loopback (set admin.dangerous_allow_remote = true to expose metrics and identity to the network)",
+                    ));
+                }
+                addr
+            }
+            None => DEFAULT_ADMIN,
+        };
+        Ok(Config {
+            spiffe_id,
+            state_dir: self.state_dir,
+            ca_url,
+            inbound,
+            outbound,
+            admin,
+            limits: self.limits.check()?,
+            audit_path: self.audit.map(|a| a.path),
+        })
+    }
+}
+
+impl RawInbound {
+    fn check(self) -> Result<Inbound, Error> {
+        let listen = socket_addr("inbound.listen", &self.listen)?;
+        let upstream = upstream(&self.upstream, self.dangerous_remote_upstream)?;
+        if self.policy.is_empty() {
+            return Err(bad(
+                "inbound.policy",
+                "[]",
+                "list at least one policy file; with none, every request would be denied",
+            ));
+        }
+        Ok(Inbound {
+            listen,
+            upstream,
+            policy: self.policy,
+        })
+    }
+}
+
+impl RawRoute {
+    fn check(self, i: usize) -> Result<Route, Error> {
+        let key = |k: &str| format!("outbound[{i}].{k}");
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(bad(
+                key("name"),
+                &self.name,
+                "a route name is letters, digits, '-', '_' and '.'",
+            ));
+        }
+        let listen = socket_addr(&key("listen"), &self.listen)?;
+        if !listen.ip().is_loopback() {
+            return Err(bad(
+                key("listen"),
+                &self.listen,
+                "an outbound listener must be on loopback: whoever reaches it speaks with this gateway's identity",
+            ));
+        }
+        let target =
+            Target::parse(&self.target).map_err(|r| bad(key("target"), &self.target, r))?;
+        let expected_peer = workload_id(&key("expected_peer"), &self.expected_peer)?;
+        Ok(Route {
+            name: self.name,
+            listen,
+            target,
+            expected_peer,
+        })
+    }
+}
+
+impl RawLimits {
+    fn check(self) -> Result<Limits, Error> {
+        let d = Limits::default();
+        let header = self.max_header_bytes.unwrap_or(d.max_header_bytes);
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&header) {
+            return Err(bad(
+                "limits.max_header_bytes",
+                header.to_string(),
+                format!("expected {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"),
+            ));
+        }
+        let max_connections = self.max_connections.unwrap_or(d.max_connections);
+        if max_connections == 0 {
+            return Err(bad("limits.max_connections", "0", "expected at least 1"));
+        }
+        let streams = self
+            .max_concurrent_streams
+            .unwrap_or(d.max_concurrent_streams);
+        if streams == 0 {
+            return Err(bad(
+                "limits.max_concurrent_streams",
+                "0",
+                "expected at least 1",
+            ));
+        }
+        Ok(Limits {
+            max_header_bytes: header,
+            header_read_timeout: duration(
+                "limits.header_read_timeout",
+                self.header_read_timeout,
+                d.header_read_timeout,
+            )?,
+            handshake_timeout: duration(
+                "limits.handshake_timeout",
+                self.handshake_timeout,
+                d.handshake_timeout,
+            )?,
+            idle_timeout: duration("limits.idle_timeout", self.idle_timeout, d.idle_timeout)?,
+            max_connections,
+            max_concurrent_streams: streams,
+            connect_timeout: duration(
+                "limits.connect_timeout",
+                self.connect_timeout,
+                d.connect_timeout,
+            )?,
+        })
+    }
+}
+
+fn workload_id(key: &str, value: &str) -> Result<SpiffeId, Error> {
+    let id = SpiffeId::parse_operator_input(value).map_err(|e| bad(key, value, e.to_string()))?;
+    id.require_path()
+        .map_err(|e| bad(key, value, e.to_string()))?;
+    Ok(id)
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, Error> {
+    value.parse().map_err(|_| {
+        bad(
+            key,
+            value,
+            "expected an IP address and a port, such as 127.0.0.1:15001 or [::1]:15001",
+        )
+    })
+}
+
+fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Duration, Error> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let d = meshgate_identity::parse_duration(&text).map_err(|e| bad(key, &text, e.to_string()))?;
+    if d.is_zero() {
+        return Err(bad(
+            key,
+            &text,
+            "a timeout of zero would close every connection at once",
+        ));
+    }
+    Ok(d)
+}
+
+/// `http://127.0.0.1:PORT` (or `localhost`, or `[::1]`); another host only with the dangerous
+/// knob, since the hop to the upstream is plain text.
+fn upstream(value: &str, remote_ok: bool) -> Result<Target, Error> {
+    let key = "inbound.upstream";
+    let rest = value.strip_prefix("http://").ok_or_else(|| {
+        bad(
+            key,
+            value,
+            "expected http://127.0.0.1:PORT (plain HTTP/1.1 to the local service)",
+        )
+    })?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let target = Target::parse(authority).map_err(|r| bad(key, value, r))?;
+    if authority.contains(['/', '?', '#', '@', '%']) {
+        return Err(bad(key, value, "expected only a scheme, a host and a port"));
+    }
+    let local = target.host == "localhost"
+        || target
+            .host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !local && !remote_ok {
+        return Err(bad(
+            key,
+            value,
+            "the upstream must be on loopback: the hop to it is not encrypted (set inbound.dangerous_remote_upstream = true to allow it)",
+        ));
+    }
+    Ok(target)
+}

@@ -1,0 +1,187 @@
+//! Unit tests of the config parser: the full example, defaults, and one negative case per rule.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code
+
+use super::*;
+
+const FULL: &str = r#"
+spiffe_id = "spiffe://bank.example/ns/payments/sa/api"
+state_dir = "state"
+
+[ca]
+url = "https://ca.bank.example:8443"
+
+[inbound]
+listen = "0.0.0.0:8443"
+upstream = "http://127.0.0.1:8080"
+policy = ["policies/payments.toml", "policies/mesh.toml"]
+
+[[outbound]]
+name = "ledger"
+listen = "127.0.0.1:15001"
+target = "ledger.internal:8443"
+expected_peer = "spiffe://bank.example/ns/ledger/sa/api"
+
+[admin]
+listen = "127.0.0.1:15000"
+
+[limits]
+max_header_bytes = 32768
+header_read_timeout = "5s"
+handshake_timeout = "5s"
+idle_timeout = "2m"
+max_connections = 500
+max_concurrent_streams = 50
+connect_timeout = "3s"
+
+[audit]
+path = "audit.jsonl"
+"#;
+
+#[test]
+fn the_full_example_parses() {
+    let c = Config::parse(FULL).unwrap();
+    assert_eq!(
+        c.spiffe_id.as_str(),
+        "spiffe://bank.example/ns/payments/sa/api"
+    );
+    let inbound = c.inbound.as_ref().unwrap();
+    assert_eq!(inbound.upstream.authority, "127.0.0.1:8080");
+    assert_eq!(inbound.policy.len(), 2);
+    assert_eq!(c.outbound[0].target.host, "ledger.internal");
+    assert_eq!(c.outbound[0].target.port, 8443);
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(120));
+    assert_eq!(c.limits.max_concurrent_streams, 50);
+    let c = c.rebase(Path::new("/etc/meshgate"));
+    assert_eq!(c.state_dir, Path::new("/etc/meshgate/state"));
+    assert_eq!(
+        c.inbound.unwrap().policy[0],
+        Path::new("/etc/meshgate/policies/payments.toml")
+    );
+    assert_eq!(
+        c.audit_path.unwrap(),
+        Path::new("/etc/meshgate/audit.jsonl")
+    );
+}
+
+#[test]
+fn defaults_are_the_secure_ones() {
+    let c = Config::parse(
+        r#"
+spiffe_id = "spiffe://BANK.example/ns/shop/sa/checkout"
+state_dir = "/var/lib/meshgate"
+[[outbound]]
+name = "payments"
+listen = "127.0.0.1:15001"
+target = "[::1]:8443"
+expected_peer = "spiffe://bank.example/ns/payments/sa/api"
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.spiffe_id.as_str(),
+        "spiffe://bank.example/ns/shop/sa/checkout"
+    );
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.admin, DEFAULT_ADMIN);
+    assert_eq!(c.outbound[0].target.host, "::1");
+    assert!(c.inbound.is_none() && c.ca_url.is_none() && c.audit_path.is_none());
+}
+
+fn err(text: &str) -> String {
+    let e = Config::parse(text).unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    e.to_string()
+}
+
+fn with(extra: &str) -> String {
+    format!("spiffe_id = \"spiffe://bank.example/ns/shop/sa/checkout\"\nstate_dir = \"s\"\n{extra}")
+}
+
+const ROUTE: &str = "[[outbound]]\nname = \"p\"\nlisten = \"127.0.0.1:1\"\ntarget = \"p:1\"\nexpected_peer = \"spiffe://bank.example/p\"\n";
+
+#[test]
+fn an_unknown_key_is_named_with_its_place() {
+    let e = err(&with(&format!("{ROUTE}colour = \"red\"\n")));
+    assert!(e.contains("colour") && e.contains("line 8"), "{e}");
+    let e = err(&with("[limits]\nmax_conections = 3\n"));
+    assert!(e.contains("max_conections"), "{e}");
+}
+
+#[test]
+fn each_value_rule_names_key_and_value() {
+    let cases = [
+        (
+            "spiffe_id = \"spiffe://bank.example\"\nstate_dir = \"s\"\n".to_owned() + ROUTE,
+            "spiffe_id",
+        ),
+        (with(""), "neither [inbound] nor [[outbound]]"),
+        (
+            with(&ROUTE.replace("127.0.0.1:1", "10.0.0.1:1")),
+            "outbound[0].listen",
+        ),
+        (with(&ROUTE.replace("p:1", "p")), "outbound[0].target"),
+        (
+            with(&ROUTE.replace("spiffe://bank.example/p", "https://x")),
+            "outbound[0].expected_peer",
+        ),
+        (with(&ROUTE.replace("\"p\"", "\"a b\"")), "outbound[0].name"),
+        (with(&format!("{ROUTE}{ROUTE}")), "outbound[1].name"),
+        (
+            with(&format!("{ROUTE}[admin]\nlisten = \"0.0.0.0:9\"\n")),
+            "admin.dangerous_allow_remote",
+        ),
+        (
+            with(&format!("{ROUTE}[limits]\nidle_timeout = \"5 minutes\"\n")),
+            "limits.idle_timeout",
+        ),
+        (
+            with(&format!("{ROUTE}[limits]\nheader_read_timeout = \"0s\"\n")),
+            "limits.header_read_timeout",
+        ),
+        (
+            with(&format!("{ROUTE}[limits]\nmax_header_bytes = 100\n")),
+            "limits.max_header_bytes",
+        ),
+        (
+            with(&format!("{ROUTE}[ca]\nurl = \"http://ca:1\"\n")),
+            "ca.url",
+        ),
+        (
+            with(
+                "[inbound]\nlisten = \"0.0.0.0:1\"\nupstream = \"http://10.1.1.1:80\"\npolicy = [\"p.toml\"]\n",
+            ),
+            "dangerous_remote_upstream",
+        ),
+        (
+            with(
+                "[inbound]\nlisten = \"0.0.0.0:1\"\nupstream = \"https://127.0.0.1:80\"\npolicy = [\"p.toml\"]\n",
+            ),
+            "inbound.upstream",
+        ),
+        (
+            with(
+                "[inbound]\nlisten = \"0.0.0.0:1\"\nupstream = \"http://127.0.0.1:80\"\npolicy = []\n",
+            ),
+            "inbound.policy",
+        ),
+    ];
+    for (text, needle) in cases {
+        let e = err(&text);
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+}
+
+#[test]
+fn a_remote_upstream_needs_the_dangerous_knob() {
+    let c = Config::parse(&with(
+        "[inbound]\nlisten = \"0.0.0.0:1\"\nupstream = \"http://10.1.1.1:80/\"\npolicy = [\"p.toml\"]\ndangerous_remote_upstream = true\n",
+    ))
+    .unwrap();
+    assert_eq!(c.inbound.unwrap().upstream.authority, "10.1.1.1:80");
+}

@@ -1,0 +1,205 @@
+//! Starting and stopping a gateway: every listener of the config bound first (so a bad address
+//! starts nothing), then served on tasks that read the agent's credentials as it renews them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meshgate_identity::api::BootstrapToken;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::agent::{Agent, CaUrl, KeyType};
+use crate::config::Config;
+use crate::error::Error;
+use crate::inbound::{self, Inbound};
+use crate::listen::Shared;
+use crate::metrics::Metrics;
+use crate::outbound::{self, Outbound};
+use crate::policy::{self, PolicyStore};
+
+/// A gateway whose listeners are serving.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// Where the inbound (mTLS) listener is, if the config has one.
+    pub inbound: Option<SocketAddr>,
+    /// Each outbound route's name and listening address, in config order.
+    pub outbound: Vec<(String, SocketAddr)>,
+    pub admin: SocketAddr,
+    policies: Option<Arc<PolicyStore>>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// The listening address of the outbound route `name`.
+    pub fn outbound_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.outbound
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Reads the policy files again now, as SIGHUP does. On error the policy in force stays.
+    pub fn reload_policies(&self) {
+        if let Some(store) = &self.policies {
+            store.reload_logged(&self.metrics, "request");
+        }
+    }
+
+    /// Stops accepting and waits for the listeners' loops to end; open connections finish on
+    /// their own tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Binds and serves every listener of `config` with the credentials of `agent`, which the
+/// caller keeps running (`Agent::run`) so that renewals and revocations reach the listeners.
+pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Error> {
+    if agent.spiffe_id() != &config.spiffe_id {
+        return Err(Error::StoredIdMismatch {
+            stored: agent.spiffe_id().to_string(),
+            config: config.spiffe_id.to_string(),
+        });
+    }
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        own_id: config.spiffe_id.clone(),
+        limits: config.limits.clone(),
+        metrics: metrics.clone(),
+        credentials: agent.credentials(),
+        bundles: agent.shared_bundles(),
+        svid: agent.subscribe(),
+        revocations: agent.subscribe_revocations(),
+    });
+    let (shutdown, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let admin_listener = bind(config.admin, "admin").await?;
+    let admin_addr = local_addr(&admin_listener, config.admin, "admin")?;
+
+    let mut inbound_addr = None;
+    let mut policies = None;
+    let mut inbound_task = None;
+    if let Some(ib) = &config.inbound {
+        let store = Arc::new(PolicyStore::load(ib.policy.clone())?);
+        let inbound = Arc::new(Inbound::new(shared.clone(), ib, store.clone())?);
+        let listener = bind(ib.listen, "inbound").await?;
+        inbound_addr = Some(local_addr(&listener, ib.listen, "inbound")?);
+        inbound_task = Some((listener, inbound));
+        policies = Some(store);
+    }
+    let mut routes = Vec::new();
+    let mut outbound_addrs = Vec::new();
+    for route in &config.outbound {
+        let what = format!("outbound {}", route.name);
+        let listener = bind(route.listen, &what).await?;
+        outbound_addrs.push((
+            route.name.clone(),
+            local_addr(&listener, route.listen, &what)?,
+        ));
+        routes.push((
+            listener,
+            Arc::new(Outbound::new(shared.clone(), route.clone())?),
+        ));
+    }
+
+    tasks.push(tokio::spawn(admin::serve(
+        admin_listener,
+        shared.clone(),
+        stop.clone(),
+    )));
+    if let Some((listener, inbound)) = inbound_task {
+        tasks.push(tokio::spawn(inbound::serve(
+            listener,
+            inbound,
+            stop.clone(),
+        )));
+    }
+    if let Some(store) = &policies {
+        tasks.push(tokio::spawn(policy::watch_files(
+            store.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )));
+    }
+    for (listener, route) in routes {
+        tasks.push(tokio::spawn(outbound::serve(listener, route, stop.clone())));
+    }
+    if config.audit_path.is_some() {
+        tracing::warn!("[audit] is accepted but this version writes no gateway audit log yet");
+    }
+    tracing::info!(
+        spiffe_id = %config.spiffe_id,
+        inbound = ?inbound_addr,
+        outbound = ?outbound_addrs,
+        admin = %admin_addr,
+        "gateway listening"
+    );
+    Ok(RunningGateway {
+        inbound: inbound_addr,
+        outbound: outbound_addrs,
+        admin: admin_addr,
+        policies,
+        metrics,
+        shutdown,
+        tasks,
+    })
+}
+
+/// `gateway run`: reuses the SVID in the state directory or enrolls with `token`, serves, and
+/// renews until `shutdown` completes. Ends with `Error::SvidExpired` if renewal never succeeds.
+pub async fn run(
+    config: Config,
+    token: Option<BootstrapToken>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    if let Some(token) = &token {
+        let claims = token.claims();
+        if claims.spiffe_id != config.spiffe_id {
+            return Err(Error::TokenIdMismatch {
+                token: claims.spiffe_id.to_string(),
+                config: config.spiffe_id.to_string(),
+            });
+        }
+        if let Some(url) = &config.ca_url
+            && CaUrl::parse(&claims.ca_url)? != *url
+        {
+            return Err(Error::TokenCaMismatch {
+                token: claims.ca_url.clone(),
+                config: url.authority(),
+            });
+        }
+    }
+    let agent =
+        Agent::load_or_enroll(&config.state_dir, token.as_ref(), KeyType::default()).await?;
+    let gateway = start(&config, &agent).await?;
+    let result = agent.run(shutdown).await;
+    gateway.shutdown().await;
+    result
+}
+
+async fn bind(addr: SocketAddr, listener: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen {
+            listener: listener.to_owned(),
+            addr,
+            source,
+        })
+}
+
+fn local_addr(l: &TcpListener, addr: SocketAddr, listener: &str) -> Result<SocketAddr, Error> {
+    l.local_addr().map_err(|source| Error::Listen {
+        listener: listener.to_owned(),
+        addr,
+        source,
+    })
+}

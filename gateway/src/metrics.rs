@@ -1,0 +1,184 @@
+//! The gateway's Prometheus metrics, served in text form on the admin listener.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub direction: &'static str,
+    pub decision: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AlpnLabels {
+    pub alpn: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+type Durations = Family<DirectionLabels, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Durations,
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    pub refused_connections: Family<DirectionLabels, Counter>,
+    pub open_connections: Family<DirectionLabels, Gauge>,
+    pub inbound_connections: Family<AlpnLabels, Counter>,
+    pub closed_peers: Family<OutcomeLabels, Counter>,
+    pub policy_reloads: Family<OutcomeLabels, Counter>,
+    pub svid_expiry: Gauge,
+    pub bundle_sequence: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
+            handshake_failures: Family::default(),
+            refused_connections: Family::default(),
+            open_connections: Family::default(),
+            inbound_connections: Family::default(),
+            closed_peers: Family::default(),
+            policy_reloads: Family::default(),
+            svid_expiry: Gauge::default(),
+            bundle_sequence: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("meshgate_gateway");
+        r.register(
+            "requests",
+            "Requests by direction, policy decision and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Request duration until the response head, by direction",
+            self.request_duration.clone(),
+        );
+        r.register(
+            "handshake_failures",
+            "TLS handshakes that failed, by direction and reason",
+            self.handshake_failures.clone(),
+        );
+        r.register(
+            "refused_connections",
+            "Connections closed at once because the listener's connection limit was reached",
+            self.refused_connections.clone(),
+        );
+        r.register(
+            "open_connections",
+            "Open connections by direction",
+            self.open_connections.clone(),
+        );
+        r.register(
+            "inbound_connections",
+            "Accepted inbound mTLS connections by negotiated ALPN protocol",
+            self.inbound_connections.clone(),
+        );
+        r.register(
+            "peer_connections_closed",
+            "Inbound connections closed because the peer's SVID expired or was revoked",
+            self.closed_peers.clone(),
+        );
+        r.register(
+            "policy_reloads",
+            "Policy reloads by outcome",
+            self.policy_reloads.clone(),
+        );
+        r.register(
+            "svid_expiry_seconds",
+            "notAfter of the gateway's SVID, unix seconds",
+            self.svid_expiry.clone(),
+        );
+        r.register(
+            "bundle_sequence",
+            "spiffe_sequence of the gateway's own trust bundle",
+            self.bundle_sequence.clone(),
+        );
+        r
+    }
+
+    pub(crate) fn request(
+        &self,
+        direction: &'static str,
+        decision: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                decision,
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&DirectionLabels { direction })
+            .observe(seconds);
+    }
+
+    pub(crate) fn handshake_failure(&self, direction: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry()).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// A gauge of open connections, decremented when dropped.
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    pub(crate) fn new(metrics: &Metrics, direction: &'static str) -> Self {
+        let gauge = metrics
+            .open_connections
+            .get_or_create(&DirectionLabels { direction })
+            .clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,98 @@
+//! The one place where a refused or failed request becomes an HTTP answer: a status and a JSON
+//! body `{"error": "<stable code>", "message": "..."}`. A denial names no rule: which rule decided
+//! is for the access log, not for the peer.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+
+/// The body type of every answer the gateway gives: a relayed body or one of its own.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Why the gateway answers instead of the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The policy denied the request.
+    Forbidden,
+    /// The request cannot be decided safely (an unnormalizable path, an unreadable host).
+    BadRequest(&'static str),
+    /// The local service, or the peer gateway, could not be reached or failed mid-answer.
+    BadGateway(String),
+    /// Connecting to the next hop took too long.
+    GatewayTimeout(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable code in the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Forbidden => "forbidden",
+            Self::BadRequest(_) => "bad_request",
+            Self::BadGateway(_) => "bad_gateway",
+            Self::GatewayTimeout(_) => "gateway_timeout",
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Self::Forbidden => {
+                "the policy of this service does not allow this request from your identity"
+            }
+            Self::BadRequest(m) => m,
+            Self::BadGateway(m) | Self::GatewayTimeout(m) => m,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        json_response(self.status(), body.to_string())
+    }
+}
+
+/// A response with a JSON body the gateway made itself.
+pub fn json_response(status: StatusCode, json: String) -> Response<Body> {
+    let mut r = Response::new(full(json));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A body of the gateway's own.
+pub fn full(content: impl Into<Bytes>) -> Body {
+    Full::new(content.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_denial_is_403_json_that_names_no_rule() {
+        let r = Refusal::Forbidden.into_response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "forbidden");
+        assert!(v["message"].as_str().unwrap().contains("does not allow"));
+    }
+}
