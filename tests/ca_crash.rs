@@ -31,6 +31,7 @@ fn serve(dir: &Path) -> (Child, String) {
         .args(["ca", "serve", "--dir", dir.to_str().unwrap()])
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--enroll-rate", "100000", "--enroll-burst", "100000"])
+        .args(["--max-connections-per-ip", "1000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

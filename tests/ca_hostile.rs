@@ -300,3 +300,53 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 fn seq(parts: &[&[u8]]) -> Vec<u8> {
     tlv(0x30, &parts.concat())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_is_cut_off_and_one_address_cannot_take_every_slot() {
+    let cfg = ServeConfig {
+        body_timeout: Duration::from_secs(1),
+        max_connections_per_ip: 3,
+        handshake_timeout: Duration::from_secs(1),
+        ..test_config()
+    };
+    let mut h = CaHarness::start_with(cfg).await;
+    // Headers promise 60,000 bytes; one arrives. The header timeout does not apply any more, the
+    // body timeout does: the server answers 400 and frees the slot.
+    let mut slow = connect(h.addr(), h.ca_config(None)).await.unwrap();
+    let head = "POST /v1/enroll HTTP/1.1\r\nHost: ca\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = timeout(STEP, slow.read_to_end(&mut answer))
+        .await
+        .expect("the slow body was never cut off");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("took too long"), "{text}");
+
+    // Three silent connections from 127.0.0.1 use up this address's share: a fourth is closed at
+    // once instead of waiting, and once the handshake timeout frees them a request is served.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            timeout(STEP, TcpStream::connect(h.addr()))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    sleep(Duration::from_millis(200)).await;
+    let refused = connect(h.addr(), h.ca_config(None)).await;
+    assert!(
+        refused.is_err(),
+        "a fourth connection from one address was accepted"
+    );
+    let metrics = h.metrics().await;
+    assert!(
+        metric(&metrics, "meshgate_ca_refused_connections_total") >= 1.0,
+        "{metrics}"
+    );
+    sleep(Duration::from_millis(1500)).await;
+    drop(idle);
+    h.assert_serving().await;
+}

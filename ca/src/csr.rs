@@ -19,6 +19,8 @@ pub struct CheckedCsr {
     pub spiffe_id: SpiffeId,
     pub key_type: KeyType,
     pub(crate) public_key: SubjectPublicKeyInfo,
+    /// The request's SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
 }
 
 /// Parses and checks a DER CSR. `expected` is the one SPIFFE ID the caller may ask for.
@@ -113,6 +115,7 @@ pub fn check_csr(der: &[u8], expected: &SpiffeId) -> Result<CheckedCsr, CaError>
         spiffe_id,
         key_type,
         public_key,
+        spki_der: spki.raw.to_vec(),
     })
 }
 

@@ -26,6 +26,8 @@ pub enum CaError {
     NothingToRevoke(String),
     #[error("{0}")]
     Rotation(String),
+    #[error("the caller's SVID is not valid now: {0}")]
+    PeerRejected(String),
     #[error("the caller's SVID (serial {0}) is revoked")]
     Revoked(String),
     #[error("certificate signing request rejected ({rule}): {detail}")]

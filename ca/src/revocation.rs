@@ -1,7 +1,11 @@
 //! Revocation and renewal: a revoked SVID is listed in `/v1/revocations` and can never renew.
 
+use std::time::Duration;
+
 use meshgate_identity::api::{RevocationList, RevokedEntry};
-use meshgate_identity::{Serial, SpiffeId};
+use meshgate_identity::svid::{public_key_der, verify_chain};
+use meshgate_identity::{BundleSet, Serial, SpiffeId};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
 use crate::authority::{Authority, IssuedSvid};
@@ -11,24 +15,17 @@ use crate::profile;
 use crate::store::{RevocationRecord, Store as _};
 
 impl Authority {
-    /// Revokes one issued certificate by serial.
+    /// Revokes one issued certificate by serial, and every SVID renewed from it, so that a
+    /// stolen SVID's holder cannot keep a renewed copy.
     pub fn revoke_serial(
         &mut self,
         serial: &Serial,
         reason: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Vec<RevocationRecord>, CaError> {
-        let cert = self
-            .store
-            .list_issued()?
-            .into_iter()
-            .find(|c| &c.serial == serial)
-            .ok_or_else(|| CaError::NothingToRevoke(format!("serial {serial}")))?;
-        self.store.revoke(
-            &[(cert.serial, cert.spiffe_id)],
-            now.unix_timestamp(),
-            reason,
-        )
+        self.store
+            .revoke_lineage(serial, now.unix_timestamp(), reason)?
+            .ok_or_else(|| CaError::NothingToRevoke(format!("serial {serial}")))
     }
 
     /// Revokes every unexpired certificate issued for `id`.
@@ -38,23 +35,18 @@ impl Authority {
         reason: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Vec<RevocationRecord>, CaError> {
-        let t = now.unix_timestamp();
-        let serials: Vec<_> = self
+        let added = self
             .store
-            .list_issued()?
-            .into_iter()
-            .filter(|c| &c.spiffe_id == id && c.not_after > t)
-            .map(|c| (c.serial, c.spiffe_id))
-            .collect();
-        if serials.is_empty() {
+            .revoke_spiffe_id(id, now.unix_timestamp(), reason)?;
+        if added.is_empty() && !self.store.list_issued()?.iter().any(|c| &c.spiffe_id == id) {
             return Err(CaError::NothingToRevoke(format!(
                 "an unexpired SVID for {id}"
             )));
         }
-        self.store.revoke(&serials, t, reason)
+        Ok(added)
     }
 
-    /// The revocation list served at `/v1/revocations`.
+    /// The revocation list served at `/v1/revocations` (entries of expired certificates left out).
     pub fn revocation_list(&self) -> Result<RevocationList, CaError> {
         let (sequence, records) = self.store.revocations()?;
         Ok(RevocationList {
@@ -74,23 +66,43 @@ impl Authority {
         self.store.is_revoked(serial)
     }
 
-    /// Renewal for a caller authenticated by its current SVID (`peer_id`, `peer_serial`): a
-    /// fresh SVID for the same ID from a CSR with a new key. Refused when the caller's SVID is
-    /// revoked, when the CSR asks for another ID, and for the CA's own ID.
+    /// Renewal for a caller that presented `peer_chain` over mTLS. The chain is verified again
+    /// here against the current bundle at `now` (a connection may outlive the handshake's view),
+    /// the caller's own ID is the only one it may renew, the CSR must carry a fresh key, and the
+    /// revocation check and the record of the new SVID are one transaction.
     pub fn renew(
         &mut self,
-        peer_id: &SpiffeId,
-        peer_serial: &Serial,
+        peer_chain: &[CertificateDer<'_>],
         csr_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, CaError> {
-        self.check_issuable(peer_id)?;
-        if self.store.is_revoked(peer_serial)? {
+        let bundles = BundleSet::single(self.bundle()?);
+        let secs = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+        let verified = verify_chain(
+            peer_chain,
+            &bundles,
+            UnixTime::since_unix_epoch(Duration::from_secs(secs)),
+        )
+        .map_err(|e| CaError::PeerRejected(e.to_string()))?;
+        let (peer_id, peer_serial) = (verified.info.spiffe_id, verified.info.serial);
+        self.check_issuable(&peer_id)?;
+        if self.store.is_revoked(&peer_serial)? {
             return Err(CaError::Revoked(peer_serial.to_string()));
         }
-        let csr = check_csr(csr_der, peer_id)?;
+        let csr = check_csr(csr_der, &peer_id)?;
+        let leaf = peer_chain
+            .first()
+            .ok_or(CaError::Internal("empty peer chain"))?;
+        if public_key_der(leaf).map_err(CaError::SelfCheck)? == csr.spki_der {
+            return Err(CaError::BadCsr {
+                rule: "fresh-key",
+                detail: "the request reuses the current SVID's key; renew with a new key".into(),
+            });
+        }
         let issued = self.signer.mint(&csr, &[], profile::LEAF_TTL, now)?;
-        self.store.record_issued(&issued.record)?;
+        if !self.store.record_renewal(&issued.record, &peer_serial)? {
+            return Err(CaError::Revoked(peer_serial.to_string()));
+        }
         Ok(issued)
     }
 }

@@ -57,9 +57,12 @@ CREATE TABLE IF NOT EXISTS issued (
     not_after  INTEGER NOT NULL,
     issuer     TEXT NOT NULL,
     dns_names  TEXT NOT NULL,
-    issued_at  INTEGER NOT NULL
+    issued_at  INTEGER NOT NULL,
+    -- The serial of the SVID whose holder renewed into this one (NULL for enrollments).
+    renewed_from TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS issued_by_id ON issued (spiffe_id);
+CREATE INDEX IF NOT EXISTS issued_by_parent ON issued (renewed_from);
 ";
 
 /// The embedded datastore.
@@ -85,9 +88,14 @@ impl SqliteStore {
             .meta_get("revocation_sequence")?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT serial, spiffe_id, at, reason FROM revocations ORDER BY at, serial")?;
+        let mut stmt = self.conn.prepare(
+            // Entries whose certificate has expired are left out: an expired SVID is refused
+            // anyway, and the list stays short.
+            "SELECT r.serial, r.spiffe_id, r.at, r.reason FROM revocations r
+                 LEFT JOIN issued i ON i.serial = r.serial
+                 WHERE i.not_after IS NULL OR i.not_after > CAST(strftime('%s', 'now') AS INTEGER)
+                 ORDER BY r.at, r.serial",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -438,6 +446,92 @@ impl Store for SqliteStore {
         Ok(added)
     }
 
+    fn record_renewal(&mut self, cert: &IssuedCert, from: &Serial) -> Result<bool, CaError> {
+        // One IMMEDIATE transaction: a revocation of `from` either commits first (and this
+        // renewal is refused) or after (and sees this certificate as a descendant).
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let revoked = tx
+            .query_row(
+                "SELECT 1 FROM revocations WHERE serial = ?1",
+                [from.to_string()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if revoked {
+            return Ok(false);
+        }
+        insert_issued(&tx, cert)?;
+        tx.execute(
+            "UPDATE issued SET renewed_from = ?1 WHERE serial = ?2",
+            params![from.to_string(), cert.serial.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn revoke_lineage(
+        &mut self,
+        serial: &Serial,
+        now: i64,
+        reason: Option<&str>,
+    ) -> Result<Option<Vec<RevocationRecord>>, CaError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let lineage = {
+            let mut stmt = tx.prepare(
+                "WITH RECURSIVE lineage(serial) AS (
+                     SELECT ?1
+                     UNION SELECT i.serial FROM issued i JOIN lineage l ON i.renewed_from = l.serial)
+                 SELECT i.serial, i.spiffe_id FROM issued i JOIN lineage l ON i.serial = l.serial",
+            )?;
+            let rows = stmt.query_map([serial.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row?);
+            }
+            out
+        };
+        if lineage.is_empty() {
+            return Ok(None);
+        }
+        let added = revoke_in(&tx, &lineage, now, reason)?;
+        tx.commit()?;
+        Ok(Some(added))
+    }
+
+    fn revoke_spiffe_id(
+        &mut self,
+        id: &SpiffeId,
+        now: i64,
+        reason: Option<&str>,
+    ) -> Result<Vec<RevocationRecord>, CaError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let live = {
+            let mut stmt = tx.prepare(
+                "SELECT serial, spiffe_id FROM issued WHERE spiffe_id = ?1 AND not_after > ?2",
+            )?;
+            let rows = stmt.query_map(params![id.as_str(), now], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row?);
+            }
+            out
+        };
+        let added = revoke_in(&tx, &live, now, reason)?;
+        tx.commit()?;
+        Ok(added)
+    }
+
     fn is_revoked(&self, serial: &Serial) -> Result<bool, CaError> {
         Ok(self
             .conn
@@ -457,6 +551,39 @@ impl Store for SqliteStore {
         tx.commit()?;
         result
     }
+}
+
+/// Inserts revocations for `(serial, spiffe_id)` rows inside `tx`; bumps the sequence if any
+/// was new.
+fn revoke_in(
+    tx: &Connection,
+    rows: &[(String, String)],
+    now: i64,
+    reason: Option<&str>,
+) -> Result<Vec<RevocationRecord>, CaError> {
+    let mut added = Vec::new();
+    for (serial, id) in rows {
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO revocations (serial, spiffe_id, at, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![serial, id, now, reason],
+        )?;
+        if n == 1 {
+            let corrupt = |r: String| CaError::BadCaCert {
+                what: format!("issued {serial}"),
+                reason: r,
+            };
+            added.push(RevocationRecord {
+                serial: Serial::parse_hex(serial).ok_or_else(|| corrupt("serial".into()))?,
+                spiffe_id: SpiffeId::parse(id).map_err(|e| corrupt(e.to_string()))?,
+                at: now,
+                reason: reason.map(str::to_owned),
+            });
+        }
+    }
+    if !added.is_empty() {
+        bump(tx, "revocation_sequence")?;
+    }
+    Ok(added)
 }
 
 fn kind_str(k: AuthorityKind) -> &'static str {

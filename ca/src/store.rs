@@ -204,6 +204,24 @@ pub trait Store: Send {
         now: i64,
         reason: Option<&str>,
     ) -> Result<Vec<RevocationRecord>, CaError>;
+    /// Records a renewal of `from` in one transaction with the check that `from` is not revoked;
+    /// false (and nothing recorded) if it is.
+    fn record_renewal(&mut self, cert: &IssuedCert, from: &Serial) -> Result<bool, CaError>;
+    /// Revokes `serial` and every SVID renewed from it (transitively), in one transaction.
+    /// None if no such certificate was issued.
+    fn revoke_lineage(
+        &mut self,
+        serial: &Serial,
+        now: i64,
+        reason: Option<&str>,
+    ) -> Result<Option<Vec<RevocationRecord>>, CaError>;
+    /// Revokes every unexpired SVID of `id`, in one transaction.
+    fn revoke_spiffe_id(
+        &mut self,
+        id: &SpiffeId,
+        now: i64,
+        reason: Option<&str>,
+    ) -> Result<Vec<RevocationRecord>, CaError>;
     fn is_revoked(&self, serial: &Serial) -> Result<bool, CaError>;
     /// Every revocation and the revocation sequence.
     fn revocations(&self) -> Result<(u64, Vec<RevocationRecord>), CaError>;

@@ -221,16 +221,16 @@ fn fifty_concurrent_enrollments_with_one_token_issue_exactly_one_svid() {
 #[test]
 fn renew_works_until_revoked_and_only_for_the_callers_own_id() {
     let (_tmp, mut ca) = new_ca();
-    let (first, _) = ca
+    let (first, first_key) = ca
         .issue_with_new_key(&id(SHOP), &[], Duration::from_secs(3600), now())
         .unwrap();
     let serial = first.record.serial.clone();
-    let renewed = ca.renew(&id(SHOP), &serial, &csr_for(SHOP), now()).unwrap();
+    let renewed = ca.renew(&first.chain, &csr_for(SHOP), now()).unwrap();
+    assert_eq!(renewed.record.spiffe_id.as_str(), SHOP);
     assert_ne!(renewed.record.serial, serial);
     let err = ca
         .renew(
-            &id(SHOP),
-            &serial,
+            &first.chain,
             &csr_for("spiffe://bank.example/ns/ledger/sa/api"),
             now(),
         )
@@ -245,14 +245,25 @@ fn renew_works_until_revoked_and_only_for_the_callers_own_id() {
         ),
         "{err}"
     );
+    // The same key again is not a renewal.
+    let same_key = make_csr(&id(SHOP), &first_key).unwrap();
+    let err = ca.renew(&first.chain, &same_key, now()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CaError::BadCsr {
+                rule: "fresh-key",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let revoked = ca
         .revoke_spiffe_id(&id(SHOP), Some("key leaked"), now())
         .unwrap();
     assert_eq!(revoked.len(), 2, "both unexpired SVIDs of the ID");
-    let err = ca
-        .renew(&id(SHOP), &serial, &csr_for(SHOP), now())
-        .unwrap_err();
+    let err = ca.renew(&first.chain, &csr_for(SHOP), now()).unwrap_err();
     assert!(matches!(err, CaError::Revoked(_)), "{err}");
     let list = ca.revocation_list().unwrap();
     assert_eq!(list.sequence, 1);
@@ -260,6 +271,53 @@ fn renew_works_until_revoked_and_only_for_the_callers_own_id() {
     // Revoking again changes nothing and does not bump the sequence.
     assert!(ca.revoke_serial(&serial, None, now()).unwrap().is_empty());
     assert_eq!(ca.revocation_list().unwrap().sequence, 1);
+}
+
+#[test]
+fn revoking_a_serial_also_revokes_what_was_renewed_from_it() {
+    let (_tmp, mut ca) = new_ca();
+    let (stolen, _) = ca
+        .issue_with_new_key(&id(SHOP), &[], Duration::from_secs(3600), now())
+        .unwrap();
+    // The thief renews twice in a chain; the owner renews separately from a fresh enrollment.
+    let child = ca.renew(&stolen.chain, &csr_for(SHOP), now()).unwrap();
+    let grandchild = ca.renew(&child.chain, &csr_for(SHOP), now()).unwrap();
+    let (owner, _) = ca
+        .issue_with_new_key(&id(SHOP), &[], Duration::from_secs(3600), now())
+        .unwrap();
+    let revoked = ca
+        .revoke_serial(&stolen.record.serial, Some("stolen"), now())
+        .unwrap();
+    let serials: Vec<_> = revoked.iter().map(|r| r.serial.clone()).collect();
+    assert_eq!(serials.len(), 3, "{serials:?}");
+    assert!(serials.contains(&grandchild.record.serial));
+    assert!(!serials.contains(&owner.record.serial));
+    for chain in [&stolen.chain, &child.chain, &grandchild.chain] {
+        assert!(matches!(
+            ca.renew(chain, &csr_for(SHOP), now()),
+            Err(CaError::Revoked(_))
+        ));
+    }
+    ca.renew(&owner.chain, &csr_for(SHOP), now()).unwrap();
+}
+
+#[test]
+fn renew_rechecks_the_callers_chain_at_renewal_time() {
+    let (_tmp, mut ca) = new_ca();
+    // Expired by the time of the request.
+    let two_hours_ago = now() - Duration::from_secs(7200);
+    let (old, _) = ca
+        .issue_with_new_key(&id(SHOP), &[], Duration::from_secs(3600), two_hours_ago)
+        .unwrap();
+    let err = ca.renew(&old.chain, &csr_for(SHOP), now()).unwrap_err();
+    assert!(matches!(err, CaError::PeerRejected(_)), "{err}");
+    // A chain from another CA with the same trust domain name.
+    let (_tmp2, mut other) = new_ca();
+    let (foreign, _) = other
+        .issue_with_new_key(&id(SHOP), &[], Duration::from_secs(3600), now())
+        .unwrap();
+    let err = ca.renew(&foreign.chain, &csr_for(SHOP), now()).unwrap_err();
+    assert!(matches!(err, CaError::PeerRejected(_)), "{err}");
 }
 
 #[test]

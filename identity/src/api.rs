@@ -32,13 +32,22 @@ const TOKEN_PREFIX: &str = "mgt1";
 /// Longest token text accepted, so a hostile value costs little to reject.
 const MAX_TOKEN_CHARS: usize = 4096;
 
-/// `POST /v1/enroll`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /v1/enroll`. `Debug` hides the token.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token: String,
     /// PKCS#10 CSR in PEM.
     pub csr: String,
+}
+
+impl fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &"<redacted>")
+            .field("csr", &self.csr)
+            .finish()
+    }
 }
 
 /// `POST /v1/renew` (over mTLS with the current SVID).

@@ -303,6 +303,11 @@ pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, SvidError> {
     single_spiffe_id(&parse_cert(der)?)
 }
 
+/// The SubjectPublicKeyInfo (DER) of a certificate.
+pub fn public_key_der(der: &[u8]) -> Result<Vec<u8>, SvidError> {
+    Ok(parse_cert(der)?.public_key().raw.to_vec())
+}
+
 /// What a certificate says about itself, read without judging it: for display.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertSummary {

@@ -41,6 +41,9 @@ pub struct ServeArgs {
     sign_burst: NonZeroU32,
     #[arg(long, default_value = "1024")]
     max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold at once.
+    #[arg(long, default_value = "32")]
+    max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +135,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         admin: args.admin,
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         enroll_per_second: args.enroll_rate,
         enroll_burst: args.enroll_burst,
         sign_per_second: args.sign_rate,

@@ -52,6 +52,8 @@ pub fn test_config() -> ServeConfig {
         sign_per_second: many,
         sign_burst: many,
         maintenance_interval: Duration::from_millis(200),
+        // Every test client comes from 127.0.0.1.
+        max_connections_per_ip: 1024,
         ..ServeConfig::default()
     }
 }

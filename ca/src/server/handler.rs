@@ -15,8 +15,8 @@ use meshgate_identity::api::{
 };
 use meshgate_identity::bundle::pem_encode;
 use meshgate_identity::{Serial, SpiffeId};
-use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
 
 use super::State;
@@ -24,11 +24,20 @@ use crate::authority::IssuedSvid;
 use crate::error::CaError;
 use crate::tokens::EnrollError;
 
-/// Who is on the other end of a connection: its address and, after mTLS, its verified SVID.
+/// Who is on the other end of a connection: its address and, after mTLS, its SVID as the
+/// handshake verified it.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub addr: SocketAddr,
-    pub svid: Option<(SpiffeId, Serial)>,
+    pub svid: Option<PeerSvid>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct PeerSvid {
+    pub id: SpiffeId,
+    pub serial: Serial,
+    /// The chain it presented, verified again at renewal time.
+    pub chain: Vec<CertificateDer<'static>>,
 }
 
 /// An error answer: status from the code, and a message that names no secret.
@@ -59,6 +68,7 @@ impl ApiError {
         match e {
             CaError::BadCsr { .. } => Self::new(ErrorCode::CsrRejected, e.to_string()),
             CaError::Revoked(_) => Self::new(ErrorCode::Forbidden, e.to_string()),
+            CaError::PeerRejected(_) => Self::new(ErrorCode::Unauthenticated, e.to_string()),
             CaError::ReservedId(_) | CaError::ForeignTrustDomain(..) | CaError::InvalidId(_) => {
                 Self::new(ErrorCode::Forbidden, e.to_string())
             }
@@ -111,7 +121,7 @@ async fn route(
             ))
         }
         (PATH_REVOCATIONS, Method::GET) => {
-            require_svid(peer)?;
+            let _ = require_svid(peer)?;
             let list = with_ca(state, |ca| ca.revocation_list()).await?.api()?;
             json(&list)
         }
@@ -130,18 +140,23 @@ async fn enroll(
     peer: &Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    if state.enroll_limiter.check_key(&peer.addr.ip()).is_err() {
+    if state
+        .enroll_limiter
+        .check_key(&super::rate_key(peer.addr.ip()))
+        .is_err()
+    {
         super::metrics::Metrics::outcome(&state.metrics.rate_limited, "enroll");
         return Err(ApiError::new(
             ErrorCode::RateLimited,
             "too many enrollments from this address",
         ));
     }
-    let request: EnrollRequest = read_json(req).await?;
+    let request: EnrollRequest = read_json(req, state.body_timeout).await?;
     // Every token failure, malformed text included, is the same answer; the text is never echoed.
     let Ok(token) = BootstrapToken::parse(&request.token) else {
         super::metrics::Metrics::outcome(&state.metrics.enrollments, "invalid_token");
-        state.audit_token_reject(peer, "malformed");
+        let (st, p) = (state.clone(), peer.clone());
+        blocking(move || st.audit_token_reject(&p, "malformed")).await?;
         return Err(ApiError::invalid_token());
     };
     let csr = csr_der(&request.csr);
@@ -152,24 +167,27 @@ async fn enroll(
         ca.enroll(&token, &csr, now)
     })
     .await?;
+    let (st, p) = (state.clone(), peer.clone());
     match result {
         Ok((token, issued)) => {
             super::metrics::Metrics::outcome(&state.metrics.enrollments, "issued");
-            state
-                .audit_enrolled(peer, &token, &issued)
+            let i = issued.clone();
+            // Durable before the answer: an SVID a client holds always has its audit record.
+            blocking(move || st.audit_enrolled(&p, &token, &i))
+                .await?
                 .map_err(|_| ApiError::internal())?;
             svid_response(state, &issued).await
         }
         Err(EnrollError::Token(rejection)) => {
             super::metrics::Metrics::outcome(&state.metrics.enrollments, "invalid_token");
-            state.audit_token_reject(peer, rejection.as_str());
+            blocking(move || st.audit_token_reject(&p, rejection.as_str())).await?;
             Err(ApiError::invalid_token())
         }
         Err(EnrollError::Spent(spent)) => {
-            let (token, e) = *spent;
             super::metrics::Metrics::outcome(&state.metrics.enrollments, "rejected");
-            state.audit_token_spent(peer, &token, &e);
-            Err(ApiError::from_ca(&e))
+            let api = ApiError::from_ca(&spent.1);
+            blocking(move || st.audit_token_spent(&p, &spent.0, &spent.1)).await?;
+            Err(api)
         }
         Err(EnrollError::Ca(e)) => Err(ApiError::from_ca(&e)),
     }
@@ -180,31 +198,38 @@ async fn renew(
     peer: &Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let (id, serial) = require_svid(peer)?;
-    if state.sign_limiter.check_key(&peer.addr.ip()).is_err() {
+    let svid = require_svid(peer)?;
+    if state
+        .sign_limiter
+        .check_key(&super::rate_key(peer.addr.ip()))
+        .is_err()
+    {
         super::metrics::Metrics::outcome(&state.metrics.rate_limited, "renew");
         return Err(ApiError::new(
             ErrorCode::RateLimited,
             "too many signing requests from this address",
         ));
     }
-    let request: RenewRequest = read_json(req).await?;
+    let request: RenewRequest = read_json(req, state.body_timeout).await?;
     let csr = csr_der(&request.csr)?;
     let now = OffsetDateTime::now_utc();
-    let (rid, rserial) = (id.clone(), serial.clone());
-    let result = with_ca(state, move |ca| ca.renew(&rid, &rserial, &csr, now)).await?;
+    let chain = svid.chain.clone();
+    let result = with_ca(state, move |ca| ca.renew(&chain, &csr, now)).await?;
     match result {
         Ok(issued) => {
             super::metrics::Metrics::outcome(&state.metrics.renewals, "issued");
-            state
-                .audit_renewed(peer, &issued)
+            let (st, p, i) = (state.clone(), peer.clone(), issued.clone());
+            blocking(move || st.audit_renewed(&p, &i))
+                .await?
                 .map_err(|_| ApiError::internal())?;
             svid_response(state, &issued).await
         }
         Err(e) => {
             super::metrics::Metrics::outcome(&state.metrics.renewals, "rejected");
-            state.audit_renew_rejected(peer, &id, &serial, &e);
-            Err(ApiError::from_ca(&e))
+            let api = ApiError::from_ca(&e);
+            let (st, p) = (state.clone(), peer.clone());
+            blocking(move || st.audit_renew_rejected(&p, &svid.id, &svid.serial, &e)).await?;
+            Err(api)
         }
     }
 }
@@ -225,7 +250,7 @@ async fn svid_response(
     })
 }
 
-fn require_svid(peer: &Peer) -> Result<(SpiffeId, Serial), ApiError> {
+fn require_svid(peer: &Peer) -> Result<PeerSvid, ApiError> {
     peer.svid.clone().ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unauthenticated,
@@ -245,7 +270,10 @@ fn csr_der(pem: &str) -> Result<Vec<u8>, ApiError> {
         })
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    body_timeout: std::time::Duration,
+) -> Result<T, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -260,9 +288,17 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(too_large());
     }
-    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
+    let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    // The header timeout does not cover the body: bound it too, so a slow sender cannot hold a
+    // connection slot.
+    let bytes = tokio::time::timeout(body_timeout, collect)
         .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "the request body took too long to arrive",
+            )
+        })?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 too_large()
@@ -272,12 +308,25 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
         })?
         .to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| {
-        // serde's message names the field or position, never echoes the value.
+        // serde's own message can quote the offending value (a token, say): name only where.
         ApiError::new(
             ErrorCode::BadRequest,
-            format!("request body is not the expected JSON: {e}"),
+            format!(
+                "request body is not the expected JSON object (error at line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })
+}
+
+/// Runs a blocking closure (audit writes wait for fsync) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::internal())
 }
 
 /// Runs `f` on the authority in the blocking pool (SQLite and signing are synchronous).

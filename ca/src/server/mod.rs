@@ -7,7 +7,8 @@ mod admin;
 mod handler;
 mod metrics;
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,7 @@ use crate::audit_log::CaAudit;
 use crate::authority::{Authority, IssuedSvid};
 use crate::error::CaError;
 use crate::store::TokenRecord;
-use handler::Peer;
+use handler::{Peer, PeerSvid};
 use metrics::Metrics;
 
 /// Settings of `ca serve`. The defaults follow SPIRE's: enrollment 1/s with a burst of 10 per
@@ -43,8 +44,12 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub max_connections: usize,
+    /// Connections one client address (or IPv6 /64) may hold at once.
+    pub max_connections_per_ip: usize,
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// How long a request body may take to arrive once the headers are in.
+    pub body_timeout: Duration,
     /// A connection is closed after this long, whatever it does.
     pub max_connection_age: Duration,
     pub enroll_per_second: NonZeroU32,
@@ -61,8 +66,10 @@ impl Default for ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9443)),
             max_connections: 1024,
+            max_connections_per_ip: 32,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(300),
             enroll_per_second: NonZeroU32::MIN,
             enroll_burst: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
@@ -100,6 +107,7 @@ pub(crate) struct State {
     enroll_limiter: DefaultKeyedRateLimiter<IpAddr>,
     sign_limiter: DefaultKeyedRateLimiter<IpAddr>,
     trust_domain: String,
+    body_timeout: Duration,
 }
 
 /// Opens the CA in `dir` and starts both listeners.
@@ -139,6 +147,7 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
             Quota::per_second(cfg.sign_per_second).allow_burst(cfg.sign_burst),
         ),
         trust_domain,
+        body_timeout: cfg.body_timeout,
     });
 
     let listener = TcpListener::bind(cfg.listen)
@@ -190,6 +199,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -208,6 +218,15 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        // A per-address share of the slots, so one host cannot hold them all (a connection that
+        // never finishes its handshake or its body holds a slot until its timeout).
+        let Some(per_ip) =
+            PerIpSlot::take(&per_ip, rate_key(addr.ip()), cfg.max_connections_per_ip)
+        else {
+            state.metrics.refused_connections.inc();
+            drop(tcp);
+            continue;
+        };
         let (acceptor, state, cfg) = (acceptor.clone(), state.clone(), cfg.clone());
         tokio::spawn(async move {
             state.metrics.open_connections.inc();
@@ -215,6 +234,7 @@ async fn accept_loop(
             let _ = tokio::time::timeout(age, connection(tcp, addr, acceptor, state.clone(), &cfg))
                 .await;
             state.metrics.open_connections.dec();
+            drop(per_ip);
             drop(permit);
         });
     }
@@ -252,14 +272,16 @@ async fn connection(
             return;
         }
     };
-    // The verifier already checked the chain; this only reads the ID and serial.
-    let svid = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| check_leaf(leaf).ok())
-        .map(|info| (info.spiffe_id, info.serial));
+    // The verifier already checked the chain; this reads the ID and serial and keeps the chain
+    // for the renewal-time re-check.
+    let svid = tls.get_ref().1.peer_certificates().and_then(|certs| {
+        let info = check_leaf(certs.first()?).ok()?;
+        Some(PeerSvid {
+            id: info.spiffe_id,
+            serial: info.serial,
+            chain: certs.iter().map(|c| c.clone().into_owned()).collect(),
+        })
+    });
     let peer = Peer { addr, svid };
     let service = service_fn(move |req| handler::handle(state.clone(), peer.clone(), req));
     let result = http1::Builder::new()
@@ -270,6 +292,59 @@ async fn connection(
         .await;
     if let Err(e) = result {
         tracing::debug!(%addr, "connection ended: {e}");
+    }
+}
+
+/// The key that rate limits and per-address connection caps count by: the IPv4 address, or the
+/// IPv6 /64 (one host usually holds a whole /64).
+pub(crate) fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// One connection counted against its address's share; released on drop.
+struct PerIpSlot {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl PerIpSlot {
+    fn take(map: &Arc<Mutex<HashMap<IpAddr, usize>>>, key: IpAddr, max: usize) -> Option<Self> {
+        let mut m = map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            map: map.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -304,6 +379,8 @@ async fn maintenance(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        state.enroll_limiter.retain_recent();
+        state.sign_limiter.retain_recent();
         let ca = state.authority.clone();
         let due_own = OffsetDateTime::now_utc().unix_timestamp()
             >= own_not_before + (own_not_after - own_not_before) / 2;
