@@ -35,6 +35,9 @@ enum Command {
     /// The gateway: mTLS inbound/outbound listeners with identity policy.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// Audit logs: verify hash chains, export merged logs.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
     /// Run the demo: a three-service bank on 127.0.0.1 with an embedded CA and the example policies.
     Demo,
 }
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Svid(c) => cmd::svid::run(c),
         Command::Policy(c) => cmd::policy::run(c),
         Command::Gateway(GatewayCommand::Run(c)) => cmd::gateway::run(c),
+        Command::Audit(c) => cmd::audit::run(c),
         Command::Demo => cmd::demo::run(),
     };
     exit::finish(result)

@@ -144,6 +144,17 @@ pub enum Action {
     IntermediateRenew,
     /// The audit log's torn tail was cut off when it was reopened (written by this crate).
     LogRecovered,
+    /// Events were not written because the sink's queue was full (written by this crate;
+    /// details `count`: how many).
+    Gap,
+    /// A gateway refused a request (policy, rate limit, or a request it cannot decide).
+    RequestDeny,
+    /// A gateway let a request through (recorded when its config asks for allows too).
+    RequestAllow,
+    /// A gateway refused a peer at the TLS handshake (no, untrusted, expired or revoked SVID).
+    PeerReject,
+    /// A gateway reloaded its policy files (outcome `failure` when the old policy stayed).
+    PolicyReload,
 }
 
 /// How an event ended.

@@ -57,6 +57,7 @@
 mod clock;
 mod error;
 mod event;
+mod export;
 mod record;
 mod sink;
 mod verify;
@@ -65,6 +66,9 @@ mod writer;
 pub use clock::{Clock, SystemClock};
 pub use error::{AuditError, ChainError, Damage};
 pub use event::{Action, AuditEvent, Component, Outcome};
+pub use export::{
+    CSV_COLUMNS, ExportFormat, ExportOptions, ExportReport, ExportedRange, InputReport, export,
+};
 pub use record::{ChainHash, MAX_LINE_BYTES, Record};
 pub use sink::{AuditSink, MAX_BATCH};
 pub use verify::{Records, VerifySummary, read_records, verify_file};

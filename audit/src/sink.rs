@@ -1,20 +1,25 @@
 //! The servers' front to the audit log: events go over a bounded channel to one writer thread,
 //! which appends them in batches and syncs once per batch, off the request path.
 
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use crate::record::check_size;
-use crate::{AuditError, AuditEvent, AuditWriter};
+use crate::writer::SYSTEM_ACTOR;
+use crate::{Action, AuditError, AuditEvent, AuditWriter, Outcome};
 
 /// The most events the writer thread appends before it syncs.
 pub const MAX_BATCH: usize = 1024;
 
 /// A handle to the audit writer thread. Share it by reference (it is `Sync`) or in an `Arc`.
 ///
-/// Nothing is dropped: when the queue is full, [`AuditSink::record`] blocks until the writer
-/// thread catches up (backpressure). If a write or sync fails the writer stops, the failure is
+/// Nothing is dropped silently: when the queue is full, [`AuditSink::record`] blocks until the
+/// writer thread catches up (backpressure), and [`AuditSink::try_record`], for callers that
+/// must never wait (a gateway's request path), counts the event instead; the writer thread then
+/// appends a `gap` record (details `count`) after its next batch, so the log says that, and how
+/// many, events are missing there. If a write or sync fails the writer stops, the failure is
 /// logged (`tracing`) and every later call returns [`AuditError::Failed`], so a caller learns
 /// that events it handed over with `record` may be lost. Dropping the sink drains the queue,
 /// syncs, and joins the thread; [`AuditSink::shutdown`] does the same and returns the error.
@@ -23,6 +28,8 @@ pub struct AuditSink {
     tx: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<Result<(), AuditError>>>,
     failed: Arc<OnceLock<String>>,
+    /// Events `try_record` could not queue since the last `gap` record.
+    dropped: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -39,16 +46,19 @@ impl AuditSink {
     pub fn spawn(writer: AuditWriter, capacity: usize) -> Result<Self, AuditError> {
         let (tx, rx) = sync_channel(capacity.max(1));
         let failed = Arc::new(OnceLock::new());
+        let dropped = Arc::new(AtomicU64::new(0));
         let thread_failed = Arc::clone(&failed);
+        let thread_dropped = Arc::clone(&dropped);
         let path = writer.path().to_owned();
         let thread = std::thread::Builder::new()
             .name("meshgate-audit".into())
-            .spawn(move || run(writer, &rx, &thread_failed))
+            .spawn(move || run(writer, &rx, &thread_failed, &thread_dropped))
             .map_err(AuditError::io(path, "start the audit writer thread"))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
             failed,
+            dropped,
         })
     }
 
@@ -57,6 +67,27 @@ impl AuditSink {
     pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
         check_size(&event)?;
         self.send(Msg::Event { event, reply: None })
+    }
+
+    /// Queues `event` if the queue has room and returns `Ok(true)`; never blocks. When the queue
+    /// is full the event is counted, not queued, and `Ok(false)` says so: the writer thread
+    /// records the count in a `gap` record after its next batch. Errors are those of `record`.
+    pub fn try_record(&self, event: AuditEvent) -> Result<bool, AuditError> {
+        check_size(&event)?;
+        if let Some(cause) = self.failed.get() {
+            return Err(AuditError::Failed {
+                cause: cause.clone(),
+            });
+        }
+        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
+        match tx.try_send(Msg::Event { event, reply: None }) {
+            Ok(()) => Ok(true),
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(AuditError::Closed),
+        }
     }
 
     /// Queues `event` and waits until the batch holding it is synced to disk; returns its seq.
@@ -123,6 +154,7 @@ fn run(
     mut writer: AuditWriter,
     rx: &Receiver<Msg>,
     failed: &OnceLock<String>,
+    dropped: &AtomicU64,
 ) -> Result<(), AuditError> {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
@@ -133,19 +165,40 @@ fn run(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        write_batch(&mut writer, batch.drain(..), failed);
+        write_batch(&mut writer, batch.drain(..), failed, dropped);
     }
+    if failed.get().is_some() {
+        return Ok(());
+    }
+    // Events refused after the last batch still leave their mark.
+    write_batch(&mut writer, std::iter::empty(), failed, dropped);
     if failed.get().is_some() {
         return Ok(());
     }
     writer.sync()
 }
 
-/// Appends a batch, syncs once, then answers the callers waiting on it.
+/// The `gap` record for `count` events that found the queue full.
+fn gap(writer: &AuditWriter, count: u64) -> AuditEvent {
+    AuditEvent::new(
+        writer.component(),
+        SYSTEM_ACTOR,
+        Action::Gap,
+        writer.path().display().to_string(),
+        Outcome::Failure,
+    )
+    .with_reason("the audit queue was full; these events were not written")
+    .with_detail("count", count)
+}
+
+/// Appends a batch and then, if events were refused for a full queue meanwhile, the `gap`
+/// record that counts them: they are missing at about this place in the log (they were refused
+/// while this batch was being taken or written). Syncs once, then answers the callers waiting.
 fn write_batch(
     writer: &mut AuditWriter,
     batch: impl Iterator<Item = Msg>,
     failed: &OnceLock<String>,
+    dropped: &AtomicU64,
 ) {
     let mut durable = Vec::new();
     let mut flushes = Vec::new();
@@ -166,6 +219,19 @@ fn write_batch(
                 }
             },
             Msg::Flush(reply) => flushes.push(reply),
+        }
+    }
+    if writer.failure().is_none() {
+        let count = dropped.swap(0, Ordering::Relaxed);
+        if count > 0 {
+            let event = gap(writer, count);
+            if let Err(e) = writer.append(&event) {
+                tracing::error!(error = %e, count, "audit gap record not written");
+                if writer.failure().is_none() {
+                    // Refused alone (the clock): the next batch says it instead.
+                    dropped.fetch_add(count, Ordering::Relaxed);
+                }
+            }
         }
     }
     if writer.failure().is_none()
@@ -228,6 +294,74 @@ mod tests {
         ));
         assert!(matches!(sink.flush(), Err(AuditError::Failed { .. })));
         assert!(matches!(sink.shutdown(), Err(AuditError::Failed { .. })));
+    }
+
+    #[test]
+    fn events_refused_by_a_full_queue_leave_a_gap_record_with_their_count() {
+        use std::sync::Mutex;
+        use std::sync::mpsc::{Receiver, channel};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // The clock holds the writer thread inside its first append until the test says go,
+        // so the queue fills deterministically.
+        let (entered_tx, entered) = channel::<()>();
+        let (go, go_rx) = channel::<()>();
+        let gate: Mutex<Option<(std::sync::mpsc::Sender<()>, Receiver<()>)>> =
+            Mutex::new(Some((entered_tx, go_rx)));
+        let clock = move || {
+            if let Some((entered, go)) = gate.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            time::OffsetDateTime::now_utc()
+        };
+        let (writer, _) = AuditWriter::open_with_clock(&path, Component::Gateway, clock).unwrap();
+        let sink = AuditSink::spawn(writer, 1).unwrap();
+        assert!(sink.try_record(event()).unwrap());
+        entered.recv().unwrap();
+        // The thread holds the first event; the queue takes one more and refuses the rest.
+        assert!(sink.try_record(event()).unwrap());
+        assert!(!sink.try_record(event()).unwrap());
+        assert!(!sink.try_record(event()).unwrap());
+        assert!(!sink.try_record(event()).unwrap());
+        go.send(()).unwrap();
+        sink.shutdown().unwrap();
+
+        let summary = crate::verify_file(&path).unwrap();
+        assert_eq!(summary.records, 3);
+        let records: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let actions: Vec<&str> = records
+            .iter()
+            .map(|r| r["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["token_use", "gap", "token_use"]);
+        let gap = &records[1];
+        assert_eq!(gap["details"]["count"], 3);
+        assert_eq!(gap["actor"], SYSTEM_ACTOR);
+        assert_eq!(gap["component"], "gateway");
+        assert_eq!(gap["outcome"], "failure");
+    }
+
+    #[test]
+    fn a_gap_at_shutdown_is_still_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (writer, _) = AuditWriter::open(&path, Component::Gateway).unwrap();
+        let sink = AuditSink::spawn(writer, 1).unwrap();
+        sink.record(event()).unwrap();
+        sink.flush().unwrap();
+        // Nothing is queued now; a count left over is written before the thread ends.
+        sink.dropped.fetch_add(2, Ordering::Relaxed);
+        sink.shutdown().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["action"], "gap");
+        assert_eq!(last["details"]["count"], 2);
+        assert_eq!(crate::verify_file(&path).unwrap().records, 2);
     }
 
     #[test]

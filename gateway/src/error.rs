@@ -56,6 +56,8 @@ pub enum Error {
         "the SVID in the state directory is for {stored}, but the config's spiffe_id is {config}; enroll with a bootstrap token for {config}"
     )]
     StoredIdMismatch { stored: String, config: String },
+    #[error("audit log: {0}")]
+    Audit(#[from] meshgate_audit::AuditError),
     #[error("cannot listen on {addr} ({listener}): {source}")]
     Listen {
         listener: String,

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::agent::{Agent, CaUrl, KeyType};
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::error::Error;
 use crate::inbound::{self, Inbound};
@@ -19,6 +20,7 @@ use crate::listen::Shared;
 use crate::metrics::Metrics;
 use crate::outbound::{self, Outbound};
 use crate::policy::{self, PolicyStore};
+use crate::ratelimit::{self, RateLimits};
 
 /// A gateway whose listeners are serving.
 #[derive(Debug)]
@@ -30,6 +32,7 @@ pub struct RunningGateway {
     pub admin: SocketAddr,
     policies: Option<Arc<PolicyStore>>,
     metrics: Arc<Metrics>,
+    audit: Option<Arc<Audit>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -46,16 +49,30 @@ impl RunningGateway {
     /// Reads the policy files again now, as SIGHUP does. On error the policy in force stays.
     pub fn reload_policies(&self) {
         if let Some(store) = &self.policies {
-            store.reload_logged(&self.metrics, "request");
+            store.reload_logged(&self.metrics, self.audit.as_deref(), "request");
         }
     }
 
-    /// Stops accepting and waits for the listeners' loops to end; open connections finish on
-    /// their own tasks.
+    /// Waits until every audit event recorded so far is on disk (nothing to do without
+    /// `[audit]`). Requests never wait for the audit log; this is for shutdown and tests.
+    pub async fn flush_audit(&self) -> Result<(), Error> {
+        match &self.audit {
+            Some(audit) => audit.flush().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops accepting, waits for the listeners' loops to end, and flushes the audit log; open
+    /// connections finish on their own tasks.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(audit) = &self.audit
+            && let Err(e) = audit.flush().await
+        {
+            tracing::error!("the audit log could not be flushed at shutdown: {e}");
         }
     }
 }
@@ -70,6 +87,14 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
         });
     }
     let metrics = Arc::new(Metrics::default());
+    let audit = match &config.audit_path {
+        Some(log) => Some(Arc::new(Audit::open(
+            log,
+            &config.spiffe_id,
+            metrics.clone(),
+        )?)),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         own_id: config.spiffe_id.clone(),
         limits: config.limits.clone(),
@@ -78,6 +103,7 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
         bundles: agent.shared_bundles(),
         svid: agent.subscribe(),
         revocations: agent.subscribe_revocations(),
+        audit: audit.clone(),
     });
     let (shutdown, stop) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -88,9 +114,11 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
     let mut inbound_addr = None;
     let mut policies = None;
     let mut inbound_task = None;
+    let mut rate_limits = None;
     if let Some(ib) = &config.inbound {
         let store = Arc::new(PolicyStore::load(ib.policy.clone())?);
         let inbound = Arc::new(Inbound::new(shared.clone(), ib, store.clone())?);
+        rate_limits = Some(inbound.rate_limits()).filter(|r| !r.is_empty());
         let listener = bind(ib.listen, "inbound").await?;
         inbound_addr = Some(local_addr(&listener, ib.listen, "inbound")?);
         inbound_task = Some((listener, inbound));
@@ -127,14 +155,15 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
         tasks.push(tokio::spawn(policy::watch_files(
             store.clone(),
             metrics.clone(),
+            audit.clone(),
             stop.clone(),
         )));
     }
+    if let Some(limits) = rate_limits {
+        tasks.push(tokio::spawn(sweep_rate_limits(limits, stop.clone())));
+    }
     for (listener, route) in routes {
         tasks.push(tokio::spawn(outbound::serve(listener, route, stop.clone())));
-    }
-    if config.audit_path.is_some() {
-        tracing::warn!("[audit] is accepted but this version writes no gateway audit log yet");
     }
     tracing::info!(
         spiffe_id = %config.spiffe_id,
@@ -149,6 +178,7 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
         admin: admin_addr,
         policies,
         metrics,
+        audit,
         shutdown,
         tasks,
     })
@@ -184,6 +214,18 @@ pub async fn run(
     let result = agent.run(shutdown).await;
     gateway.shutdown().await;
     result
+}
+
+/// Drops the buckets of quiet peers now and then, until `stop`.
+async fn sweep_rate_limits(limits: Arc<RateLimits>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(ratelimit::SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => limits.sweep(),
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, listener: &str) -> Result<TcpListener, Error> {

@@ -1,7 +1,9 @@
-//! The inbound listener: mTLS with a client SVID required, HTTP/1.1 or HTTP/2 by ALPN, a policy
-//! decision per request by the peer's SPIFFE ID, and on allow a plain HTTP/1.1 hop to the local
-//! service with the peer's identity in `x-forwarded-client-cert`. A connection is closed when its
-//! peer's SVID expires or is revoked.
+//! The inbound listener: mTLS with a client SVID required, HTTP/1.1 or HTTP/2 by ALPN, the
+//! peer's rate limit, a policy decision per request by the peer's SPIFFE ID, and on allow a plain
+//! HTTP/1.1 (or h2c) hop to the local service with the peer's identity in
+//! `x-forwarded-client-cert`. WebSocket openings (HTTP/1.1 upgrade or HTTP/2 extended CONNECT)
+//! become spliced tunnels. Refusals, and allows when asked, go to the audit log. A connection,
+//! tunnels included, is closed when its peer's SVID expires or is revoked.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, Uri, Version};
+use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,7 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Inbound as InboundConfig, Target};
+use crate::audit::RequestEvent;
+use crate::config::{Inbound as InboundConfig, Target, UpstreamProtocol};
 use crate::conn::Activity;
 use crate::error::Error;
 use crate::headers::{set_xfcc, strip_hop_by_hop};
@@ -33,10 +36,12 @@ use crate::listen::{
     Shared, accept_loop, handshake_detail, handshake_reason, http_server, is_revoked, revoked,
     until,
 };
-use crate::metrics::{AlpnLabels, OpenConnection, OutcomeLabels};
+use crate::metrics::{AlpnLabels, OpenConnection, OutcomeLabels, PeerLabels};
 use crate::path::normalize;
 use crate::policy::PolicyStore;
+use crate::ratelimit::RateLimits;
 use crate::reply::{Body, Refusal};
+use crate::upgrade::{self, Opening, Tunnels, websocket_opening};
 
 const DIRECTION: &str = "inbound";
 
@@ -45,6 +50,7 @@ const DIRECTION: &str = "inbound";
 pub(crate) struct Inbound {
     shared: Arc<Shared>,
     policies: Arc<PolicyStore>,
+    rate_limits: Arc<RateLimits>,
     upstream: Target,
     client: Client<HttpConnector, Incoming>,
     tls: Arc<rustls::ServerConfig>,
@@ -54,6 +60,7 @@ pub(crate) struct Inbound {
 #[derive(Debug)]
 struct Peer {
     id: SpiffeId,
+    addr: SocketAddr,
     serial: Serial,
     not_after: u64,
     sha256: [u8; 32],
@@ -75,16 +82,27 @@ impl Inbound {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(shared.limits.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(shared.limits.idle_timeout)
-            .build(connector);
+        let mut client = Client::builder(TokioExecutor::new());
+        client.pool_idle_timeout(shared.limits.idle_timeout);
+        if upstream.protocol == UpstreamProtocol::H2c {
+            // HTTP/2 with prior knowledge: no TLS, no ALPN, no upgrade dance.
+            client.http2_only(true);
+        }
+        let client = client.build(connector);
+        let rate_limits = Arc::new(RateLimits::new(&shared.limits.rate_limits));
         Ok(Self {
             shared,
             policies,
+            rate_limits,
             upstream,
             client,
             tls: Arc::new(tls),
         })
+    }
+
+    /// The per-peer buckets, for the task that sweeps out quiet peers.
+    pub(crate) fn rate_limits(&self) -> Arc<RateLimits> {
+        self.rate_limits.clone()
     }
 }
 
@@ -113,8 +131,13 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            metrics.handshake_failure(DIRECTION, handshake_reason(&e));
+            let reason = handshake_reason(&e);
+            metrics.handshake_failure(DIRECTION, reason);
             tracing::debug!(%addr, "inbound TLS handshake failed: {}", handshake_detail(&e));
+            // A client that went away or aborted is not a refusal; the rest are audited.
+            if !matches!(reason, "io" | "alert_received") {
+                reject(shared, addr, None, reason);
+            }
             return;
         }
         Err(_) => {
@@ -130,10 +153,12 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
         .and_then(|leaf| check_leaf(leaf).ok())
     else {
         metrics.handshake_failure(DIRECTION, "invalid_svid");
+        reject(shared, addr, None, "invalid_svid");
         return;
     };
     let peer = Arc::new(Peer {
         id: info.spiffe_id,
+        addr,
         serial: info.serial,
         not_after: info.not_after,
         sha256: info.sha256,
@@ -142,6 +167,7 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
     if is_revoked(&revocations.borrow_and_update(), &peer.serial) {
         metrics.handshake_failure(DIRECTION, "revoked");
         tracing::info!(%addr, peer = %peer.id, serial = %peer.serial, "refused a revoked SVID");
+        reject(shared, addr, Some(&peer.id), "revoked");
         return;
     }
     let h2 = session.alpn_protocol() == Some(ALPN_H2);
@@ -152,22 +178,40 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
         .inc();
 
     let activity = Activity::new();
+    let tunnels = Tunnels::new();
     let io = TokioIo::new(tls);
     let service = {
-        let (inbound, peer, activity) = (inbound.clone(), peer.clone(), activity.clone());
-        service_fn(move |req| handle(inbound.clone(), peer.clone(), activity.clone(), req))
+        let (inbound, peer) = (inbound.clone(), peer.clone());
+        let (activity, tunnels) = (activity.clone(), tunnels.clone());
+        service_fn(move |req| {
+            let context = Context {
+                peer: peer.clone(),
+                activity: activity.clone(),
+                tunnels: tunnels.clone(),
+            };
+            handle(inbound.clone(), context, req)
+        })
     };
-    let builder = http_server(limits);
+    let mut builder = http_server(limits);
+    // WebSocket over HTTP/2 (RFC 8441): how the peer gateways carry it.
+    builder.http2().enable_connect_protocol();
     // ALPN already chose the protocol; no sniffing of the first bytes.
     let builder = if h2 {
         builder.http2_only()
     } else {
         builder.http1_only()
     };
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    // An upgraded HTTP/1.1 connection's server ends at the upgrade; its tunnel is still this
+    // connection, under the same expiry and revocation watch.
+    let served = async {
+        let r = conn.as_mut().await;
+        tunnels.finish().await;
+        r
+    };
     let closed = tokio::select! {
-        r = conn.as_mut() => {
+        r = served => {
             if let Err(e) = r {
                 tracing::debug!(%addr, peer = %peer.id, "inbound connection ended: {e}");
             }
@@ -191,30 +235,61 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
     }
 }
 
-/// What became of one request, for the access log and the metrics.
+/// A peer refused at the handshake, in the audit log.
+fn reject(shared: &Shared, addr: SocketAddr, peer: Option<&SpiffeId>, reason: &'static str) {
+    if let Some(audit) = &shared.audit {
+        let source = addr.to_string();
+        audit.peer_reject(DIRECTION, peer, shared.own_id.as_str(), &source, reason);
+    }
+}
+
+/// What a request handler knows of its connection.
+struct Context {
+    peer: Arc<Peer>,
+    activity: Arc<Activity>,
+    tunnels: Arc<Tunnels>,
+}
+
+/// What became of one request, for the access log, the metrics and the audit log.
 struct Outcome {
     response: Response<Body>,
     decision: &'static str,
     rule: Option<String>,
+    /// The policy file of the deciding rule.
+    file: Option<String>,
+    /// The normalized path, once known.
+    path: Option<String>,
 }
 
 async fn handle(
     inbound: Arc<Inbound>,
-    peer: Arc<Peer>,
-    activity: Arc<Activity>,
+    context: Context,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let _busy = activity.begin();
+    let _busy = context.activity.begin();
+    let peer = &context.peer;
     let start = Instant::now();
     let method = req.method().clone();
     let raw_path = req.uri().path().to_owned();
-    let outcome = decide(&inbound, &peer, req).await;
+    let outcome = decide(&inbound, &context, req).await;
     let status = outcome.response.status().as_u16();
     let elapsed = start.elapsed();
     inbound
         .shared
         .metrics
         .request(DIRECTION, outcome.decision, status, elapsed.as_secs_f64());
+    if let Some(audit) = &inbound.shared.audit {
+        audit.request(&RequestEvent {
+            peer: &peer.id,
+            source: peer.addr,
+            method: method.as_str(),
+            path: outcome.path.as_deref().unwrap_or(&raw_path),
+            decision: outcome.decision,
+            rule: outcome.rule.as_deref(),
+            file: outcome.file.as_deref(),
+            status,
+        });
+    }
     tracing::info!(
         target: "meshgate::access",
         direction = DIRECTION,
@@ -230,45 +305,62 @@ async fn handle(
     Ok(outcome.response)
 }
 
-async fn decide(inbound: &Inbound, peer: &Peer, req: Request<Incoming>) -> Outcome {
+async fn decide(inbound: &Inbound, context: &Context, req: Request<Incoming>) -> Outcome {
+    let peer = &context.peer;
     let refused = |refusal: Refusal, decision| Outcome {
         response: refusal.into_response(),
         decision,
         rule: None,
+        file: None,
+        path: None,
     };
+    // Before anything else is spent on the request: the peer is known, its allowance is not.
+    if let Err(limited) = inbound.rate_limits.check(&peer.id) {
+        inbound
+            .shared
+            .metrics
+            .rate_limited
+            .get_or_create(&PeerLabels {
+                peer: peer.id.to_string(),
+            })
+            .inc();
+        let wait = limited.retry_after;
+        let retry_after_secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        return refused(Refusal::RateLimited { retry_after_secs }, "rate_limited");
+    }
     let path = match normalize(req.uri().path()) {
         Ok(p) => p,
         Err(e) => return refused(Refusal::BadRequest(e.message()), "invalid"),
     };
-    // HTTP/2 carries the host in :authority, HTTP/1.1 in Host.
-    let host = match (req.uri().authority(), req.headers().get(HOST)) {
-        (Some(a), _) => Some(a.as_str().to_owned()),
-        (None, Some(h)) => match h.to_str() {
-            Ok(h) => Some(h.to_owned()),
-            Err(_) => {
-                return refused(
-                    Refusal::BadRequest("the Host header is not ASCII"),
-                    "invalid",
-                );
-            }
-        },
-        (None, None) => None,
+    let host = match request_host(&req) {
+        Ok(h) => h,
+        Err(message) => return refused(Refusal::BadRequest(message), "invalid"),
+    };
+    let opening = websocket_opening(&req);
+    // A WebSocket is opened with GET in HTTP/1.1 and CONNECT in HTTP/2; the policy sees one
+    // method for both, the one a rule for WebSocket paths names.
+    let method = match opening {
+        Some(Opening::ExtendedConnect) => Method::GET.as_str(),
+        _ => req.method().as_str(),
     };
     let set: Arc<PolicySet> = inbound.policies.current();
     let own = &inbound.shared.own_id;
-    let mut request = meshgate_policy::Request::http(&peer.id, own, req.method().as_str(), &path)
+    let mut request = meshgate_policy::Request::http(&peer.id, own, method, &path)
         .with_port(inbound.upstream.port);
     if let Some(h) = &host {
         request = request.with_host(h);
     }
     let decision = set.evaluate(&request);
     let rule = decision.rule.map(|r| r.name().to_owned());
+    let file = decision.file.map(str::to_owned);
     let label = match (decision.effect, decision.dry_run) {
         (Effect::Deny, _) => {
             return Outcome {
                 response: Refusal::Forbidden.into_response(),
                 decision: "deny",
                 rule,
+                file,
+                path: Some(path),
             };
         }
         (Effect::Allow, true) => {
@@ -290,24 +382,78 @@ async fn decide(inbound: &Inbound, peer: &Peer, req: Request<Incoming>) -> Outco
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let response = forward(inbound, peer, req, &path, &query, host).await;
+    let response = forward(inbound, context, req, &path, &query, host).await;
     Outcome {
         response,
         decision: label,
         rule,
+        file,
+        path: Some(path),
     }
+}
+
+/// The host the policy decides on, and the only one the service will see. HTTP/2 carries it in
+/// `:authority`, HTTP/1.1 in `Host` (or in an absolute-form target). A request that names two
+/// hosts (two `Host` headers, or a `Host` that differs from the URI authority) is refused: the
+/// policy would read one and a name-based service route by the other. The comparison ignores
+/// ASCII case and the scheme's default port.
+fn request_host<B>(req: &Request<B>) -> Result<Option<String>, &'static str> {
+    let mut headers = req.headers().get_all(HOST).iter();
+    let header = headers.next();
+    if headers.next().is_some() {
+        return Err("the request has more than one Host header");
+    }
+    let header = header
+        .map(|h| h.to_str().map_err(|_| "the Host header is not ASCII"))
+        .transpose()?;
+    let authority = req.uri().authority().map(|a| a.as_str());
+    if authority.is_some_and(|a| a.contains('@')) {
+        return Err("the request target has user information");
+    }
+    match (authority, header) {
+        (Some(a), Some(h)) => {
+            let default_port = match req.uri().scheme_str() {
+                Some("http") => Some("80"),
+                Some("https") => Some("443"),
+                _ => None,
+            };
+            if same_host(a, h, default_port) {
+                Ok(Some(a.to_owned()))
+            } else {
+                Err("the Host header differs from the request target's authority")
+            }
+        }
+        (Some(a), None) => Ok(Some(a.to_owned())),
+        (None, Some(h)) => Ok(Some(h.to_owned())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `a` and `b` name the same host and port, ignoring ASCII case and `default_port`.
+fn same_host(a: &str, b: &str, default_port: Option<&str>) -> bool {
+    let strip = |s: &str| -> String {
+        let s = s.trim().to_ascii_lowercase();
+        match default_port.and_then(|p| s.strip_suffix(&format!(":{p}")).map(str::to_owned)) {
+            Some(bare) => bare,
+            None => s,
+        }
+    };
+    strip(a) == strip(b)
 }
 
 /// The hop to the local service: HTTP/1.1, hop-by-hop headers removed, XFCC set, the path the
 /// policy saw.
 async fn forward(
     inbound: &Inbound,
-    peer: &Peer,
-    req: Request<Incoming>,
+    context: &Context,
+    mut req: Request<Incoming>,
     path: &str,
     query: &str,
     host: Option<String>,
 ) -> Response<Body> {
+    let peer = &context.peer;
+    let opening = websocket_opening(&req);
+    let client_upgrade = opening.map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_xfcc(
@@ -316,10 +462,32 @@ async fn forward(
         &peer.id,
         &peer.sha256,
     );
-    if !parts.headers.contains_key(HOST)
-        && let Some(value) = host.and_then(|h| HeaderValue::from_str(&h).ok())
-    {
-        parts.headers.insert(HOST, value);
+    // The service routes on exactly the host the policy saw: no other `Host` survives.
+    parts.headers.remove(HOST);
+    if let Some(h) = host {
+        match HeaderValue::from_str(&h) {
+            Ok(value) => {
+                parts.headers.insert(HOST, value);
+            }
+            Err(_) => {
+                return Refusal::BadRequest("the host cannot be forwarded").into_response();
+            }
+        }
+    }
+    if let (Some(opening), Some(client)) = (opening, client_upgrade) {
+        let target = format!("{path}{query}");
+        let limits = &inbound.shared.limits;
+        return upgrade::to_upstream(
+            &inbound.upstream,
+            limits.connect_timeout,
+            parts,
+            &target,
+            opening,
+            client,
+            &context.tunnels,
+            &context.activity,
+        )
+        .await;
     }
     let uri = format!("http://{}{path}{query}", inbound.upstream.authority);
     parts.uri = match uri.parse::<Uri>() {
@@ -328,7 +496,10 @@ async fn forward(
             return Refusal::BadRequest("the request target cannot be forwarded").into_response();
         }
     };
-    parts.version = Version::HTTP_11;
+    parts.version = match inbound.upstream.protocol {
+        UpstreamProtocol::H2c => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    };
     match inbound
         .client
         .request(Request::from_parts(parts, body))
@@ -344,5 +515,46 @@ async fn forward(
             Refusal::BadGateway("the service behind this gateway did not answer".into())
                 .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+
+    fn req(uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn one_host_or_refused() {
+        assert_eq!(
+            request_host(&req("/x", &["a.example"])),
+            Ok(Some("a.example".into()))
+        );
+        assert_eq!(
+            request_host(&req("http://a.example/x", &[])),
+            Ok(Some("a.example".into()))
+        );
+        assert_eq!(
+            request_host(&req("http://a.example/x", &["A.Example:80"])),
+            Ok(Some("a.example".into()))
+        );
+        assert_eq!(
+            request_host(&req("https://a.example:443/x", &["a.example"])),
+            Ok(Some("a.example:443".into()))
+        );
+        assert_eq!(request_host(&req("/x", &[])), Ok(None));
+        assert!(request_host(&req("http://public.example/x", &["admin.example"])).is_err());
+        assert!(request_host(&req("http://a.example:8080/x", &["a.example"])).is_err());
+        assert!(request_host(&req("/x", &["a.example", "a.example"])).is_err());
+        assert!(request_host(&req("/x", &["a.example", "b.example"])).is_err());
+        assert!(request_host(&req("http://u@a.example/x", &["a.example"])).is_err());
     }
 }

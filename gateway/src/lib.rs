@@ -8,6 +8,7 @@
 
 mod admin;
 pub mod agent;
+mod audit;
 pub mod config;
 mod conn;
 pub mod error;
@@ -19,7 +20,9 @@ mod metrics;
 mod outbound;
 pub mod path;
 mod policy;
+mod ratelimit;
 pub mod reply;
+mod upgrade;
 
 pub use agent::{Agent, CaUrl, Enrollment, KeyType, Svid};
 pub use config::Config;

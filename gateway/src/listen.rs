@@ -17,6 +17,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::audit::Audit;
 use crate::config::Limits;
 use crate::metrics::{DirectionLabels, Metrics};
 
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub bundles: Arc<SharedBundles>,
     pub svid: watch::Receiver<Arc<CertifiedKey>>,
     pub revocations: watch::Receiver<Arc<RevocationList>>,
+    /// The audit log, when the config has `[audit]`.
+    pub audit: Option<Arc<Audit>>,
 }
 
 impl Shared {

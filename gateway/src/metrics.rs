@@ -35,6 +35,16 @@ pub(crate) struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DroppedLabels {
+    pub reason: &'static str,
+}
+
 type Durations = Family<DirectionLabels, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
@@ -47,6 +57,8 @@ pub(crate) struct Metrics {
     pub inbound_connections: Family<AlpnLabels, Counter>,
     pub closed_peers: Family<OutcomeLabels, Counter>,
     pub policy_reloads: Family<OutcomeLabels, Counter>,
+    pub rate_limited: Family<PeerLabels, Counter>,
+    pub audit_dropped: Family<DroppedLabels, Counter>,
     pub svid_expiry: Gauge,
     pub bundle_sequence: Gauge,
 }
@@ -66,6 +78,8 @@ impl Default for Metrics {
             inbound_connections: Family::default(),
             closed_peers: Family::default(),
             policy_reloads: Family::default(),
+            rate_limited: Family::default(),
+            audit_dropped: Family::default(),
             svid_expiry: Gauge::default(),
             bundle_sequence: Gauge::default(),
         }
@@ -114,6 +128,16 @@ impl Metrics {
             "policy_reloads",
             "Policy reloads by outcome",
             self.policy_reloads.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Inbound requests refused with 429 because the peer was over its rate limit, by peer SPIFFE ID",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "audit_dropped",
+            "Audit events not written: queue_full (the log records the gap and its count) or writer_failed",
+            self.audit_dropped.clone(),
         );
         r.register(
             "svid_expiry_seconds",

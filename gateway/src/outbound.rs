@@ -1,6 +1,9 @@
 //! An outbound route: a plain HTTP listener on loopback for the local app, and one pooled mTLS
 //! connection to the target gateway, whose SPIFFE ID must be the expected peer. Whatever the app
 //! speaks, the hop between gateways is HTTP/2; the answer goes back to the app in its protocol.
+//! An app's HTTP/1.1 WebSocket opening crosses as an extended CONNECT (RFC 8441).
+//! A peer gateway whose SVID is on the agent's revocation list is refused after the handshake,
+//! and a pooled connection is closed as soon as a new list names its peer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,9 +16,9 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper::header::HOST;
 use hyper::http::uri::Authority;
 use hyper::service::service_fn;
-use hyper::{Request, Response, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use meshgate_identity::svid::check_leaf;
+use meshgate_identity::svid::{Serial, check_leaf};
 use meshgate_identity::tls::{ALPN_H2, client_config};
 use meshgate_identity::verifier::SpiffeServerVerifier;
 use rustls::client::ResolvesClientCert;
@@ -28,9 +31,12 @@ use crate::config::Route;
 use crate::conn::Activity;
 use crate::error::Error;
 use crate::headers::{XFCC, strip_hop_by_hop};
-use crate::listen::{Shared, accept_loop, handshake_detail, handshake_reason, http_server};
+use crate::listen::{
+    Shared, accept_loop, handshake_detail, handshake_reason, http_server, is_revoked, revoked,
+};
 use crate::metrics::OpenConnection;
-use crate::reply::{Body, Refusal};
+use crate::reply::{Body, Refusal, full};
+use crate::upgrade::{self, Opening, Tunnels, websocket_opening};
 
 const DIRECTION: &str = "outbound";
 
@@ -44,11 +50,13 @@ pub(crate) struct Outbound {
     pool: Mutex<Option<Pooled>>,
 }
 
-/// The HTTP/2 connection to the peer gateway, usable until its peer's SVID expires.
+/// The HTTP/2 connection to the peer gateway, usable until its peer's SVID expires or is
+/// revoked.
 #[derive(Debug)]
 struct Pooled {
     sender: SendRequest<Incoming>,
     peer_not_after: u64,
+    peer_serial: Serial,
 }
 
 impl Outbound {
@@ -75,14 +83,16 @@ impl Outbound {
     }
 
     /// The pooled connection, or a new one when there is none, it closed, or its peer's SVID
-    /// expired. Holding the lock while connecting keeps it to one connection per route.
-    async fn sender(&self) -> Result<SendRequest<Incoming>, Refusal> {
+    /// expired, with that SVID's notAfter. Holding the lock while connecting keeps it to one
+    /// connection per route.
+    async fn sender(&self) -> Result<(SendRequest<Incoming>, u64), Refusal> {
         let mut pool = self.pool.lock().await;
         if let Some(p) = pool.as_ref()
             && !p.sender.is_closed()
             && now_secs() < p.peer_not_after
+            && !is_revoked(&self.shared.revocations.borrow(), &p.peer_serial)
         {
-            return Ok(p.sender.clone());
+            return Ok((p.sender.clone(), p.peer_not_after));
         }
         *pool = None;
         let pooled = tokio::time::timeout(self.shared.limits.connect_timeout, self.connect())
@@ -93,7 +103,7 @@ impl Outbound {
                     self.route.target.authority
                 ))
             })??;
-        let sender = pooled.sender.clone();
+        let sender = (pooled.sender.clone(), pooled.peer_not_after);
         *pool = Some(pooled);
         Ok(sender)
     }
@@ -117,7 +127,15 @@ impl Outbound {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| {
-                self.shared.metrics.handshake_failure(DIRECTION, handshake_reason(&e));
+                let reason = handshake_reason(&e);
+                self.shared.metrics.handshake_failure(DIRECTION, reason);
+                // We refused the peer gateway (not a network failure): audited.
+                if let Some(audit) = &self.shared.audit
+                    && !matches!(reason, "io" | "alert_received")
+                {
+                    let subject = format!("route {} to {}", self.route.name, self.route.expected_peer);
+                    audit.peer_reject(DIRECTION, None, &subject, &target.authority, reason);
+                }
                 let e = handshake_detail(&e);
                 tracing::warn!(route = %self.route.name, target = %target.authority, "mTLS to the peer gateway failed: {e}");
                 Refusal::BadGateway(format!(
@@ -132,11 +150,32 @@ impl Outbound {
                 target.authority
             )));
         }
-        let peer_not_after = session
+        // The verifier checked the chain; this reads what the leaf says.
+        let Some(info) = session
             .peer_certificates()
             .and_then(<[_]>::first)
             .and_then(|leaf| check_leaf(leaf).ok())
-            .map_or(0, |info| info.not_after);
+        else {
+            self.shared
+                .metrics
+                .handshake_failure(DIRECTION, "invalid_svid");
+            self.reject(Some(&self.route.expected_peer), "invalid_svid");
+            return Err(Refusal::BadGateway(format!(
+                "the peer gateway {} presented an unreadable SVID",
+                target.authority
+            )));
+        };
+        let (peer_not_after, peer_serial) = (info.not_after, info.serial);
+        let mut revocations = self.shared.revocations.clone();
+        if is_revoked(&revocations.borrow_and_update(), &peer_serial) {
+            self.shared.metrics.handshake_failure(DIRECTION, "revoked");
+            self.reject(Some(&info.spiffe_id), "revoked");
+            tracing::warn!(route = %self.route.name, target = %target.authority, peer = %info.spiffe_id, serial = %peer_serial, "refused the peer gateway: its SVID is revoked");
+            return Err(Refusal::BadGateway(format!(
+                "the peer gateway {} presented a revoked SVID",
+                target.authority
+            )));
+        }
         let max_header = u32::try_from(self.shared.limits.max_header_bytes).unwrap_or(u32::MAX);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -149,16 +188,39 @@ impl Outbound {
                 Refusal::BadGateway(format!("HTTP/2 with the peer gateway failed: {e}"))
             })?;
         let route = self.route.name.clone();
+        let serial = peer_serial.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%route, "connection to the peer gateway ended: {e}");
+            // Dropping the connection closes it and every stream on it, tunnels included; the
+            // pool sees the sender closed and connects anew.
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%route, "connection to the peer gateway ended: {e}");
+                },
+                () = revoked(&mut revocations, &serial) => {
+                    tracing::info!(%route, %serial, "closed the connection to the peer gateway: its SVID is revoked");
+                }
             }
         });
         tracing::debug!(route = %self.route.name, target = %target.authority, "connected to the peer gateway");
         Ok(Pooled {
             sender,
             peer_not_after,
+            peer_serial,
         })
+    }
+
+    /// A peer gateway refused after the handshake, in the audit log.
+    fn reject(&self, peer: Option<&meshgate_identity::SpiffeId>, reason: &'static str) {
+        if let Some(audit) = &self.shared.audit {
+            let subject = format!("route {} to {}", self.route.name, self.route.expected_peer);
+            audit.peer_reject(
+                DIRECTION,
+                peer,
+                &subject,
+                &self.route.target.authority,
+                reason,
+            );
+        }
     }
 }
 
@@ -177,17 +239,24 @@ pub(crate) async fn serve(
 async fn connection(tcp: TcpStream, addr: SocketAddr, outbound: Arc<Outbound>) {
     let _open = OpenConnection::new(&outbound.shared.metrics, DIRECTION);
     let activity = Activity::new();
+    let tunnels = Tunnels::new();
     let io = TokioIo::new(tcp);
     let service = {
-        let (outbound, activity) = (outbound.clone(), activity.clone());
-        service_fn(move |req| handle(outbound.clone(), activity.clone(), req))
+        let (outbound, activity, tunnels) = (outbound.clone(), activity.clone(), tunnels.clone());
+        service_fn(move |req| handle(outbound.clone(), activity.clone(), tunnels.clone(), req))
     };
     let limits = &outbound.shared.limits;
     let builder = http_server(limits);
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    // A WebSocket outlives the HTTP/1.1 server of its connection: wait for it too.
+    let served = async {
+        let r = conn.as_mut().await;
+        tunnels.finish().await;
+        r
+    };
     tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r {
+        r = served => if let Err(e) = r {
             tracing::debug!(%addr, route = %outbound.route.name, "outbound connection ended: {e}");
         },
         () = activity.idle(limits.idle_timeout) => {
@@ -200,13 +269,14 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, outbound: Arc<Outbound>) {
 async fn handle(
     outbound: Arc<Outbound>,
     activity: Arc<Activity>,
+    tunnels: Arc<Tunnels>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let _busy = activity.begin();
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let response = match relay(&outbound, req).await {
+    let response = match relay(&outbound, &activity, &tunnels, req).await {
         Ok(r) => r,
         Err(refusal) => refusal.into_response(),
     };
@@ -232,8 +302,16 @@ async fn handle(
     Ok(response)
 }
 
-/// Rewrites the app's request for the hop to the peer gateway and sends it as HTTP/2.
-async fn relay(outbound: &Outbound, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+/// Rewrites the app's request for the hop to the peer gateway and sends it as HTTP/2; an
+/// HTTP/1.1 WebSocket opening goes as an extended CONNECT (RFC 8441).
+async fn relay(
+    outbound: &Outbound,
+    activity: &Arc<Activity>,
+    tunnels: &Tunnels,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let opening = websocket_opening(&req).filter(|o| *o == Opening::Http1);
+    let app_upgrade = opening.map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     // The app's Host becomes :authority, so the peer's policy can match on it.
     let authority = match (parts.uri.authority().cloned(), parts.headers.get(HOST)) {
@@ -259,14 +337,35 @@ async fn relay(outbound: &Outbound, req: Request<Incoming>) -> Result<Response<B
         .build()
         .map_err(|_| Refusal::BadRequest("the request target cannot be forwarded"))?;
     parts.version = Version::HTTP_2;
+    if app_upgrade.is_some() {
+        parts.method = Method::CONNECT;
+        parts
+            .extensions
+            .insert(hyper::ext::Protocol::from_static(upgrade::WEBSOCKET));
+    }
     let mut request = Request::from_parts(parts, body);
     // One retry on a fresh connection when the pooled one was gone before the request left.
     for attempt in 0..2 {
-        let mut sender = outbound.sender().await?;
+        let (mut sender, peer_not_after) = outbound.sender().await?;
         match sender.try_send_request(request).await {
-            Ok(response) => {
+            Ok(mut response) => {
+                let tunnel = match &app_upgrade {
+                    Some(_) if response.status() == StatusCode::OK => {
+                        Some(hyper::upgrade::on(&mut response))
+                    }
+                    _ => None,
+                };
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let (Some(peer), Some(app)) = (tunnel, app_upgrade) {
+                    // The peer gateway's 200 to the CONNECT is the service's 101 to the app.
+                    parts.status = StatusCode::SWITCHING_PROTOCOLS;
+                    upgrade::switching(&mut parts.headers);
+                    // It ends when the peer gateway's SVID does, like the pooled connection.
+                    let busy = activity.begin();
+                    tunnels.splice(app, peer, busy, Some(peer_not_after));
+                    return Ok(Response::from_parts(parts, full(bytes::Bytes::new())));
+                }
                 return Ok(Response::from_parts(parts, body.boxed()));
             }
             Err(mut e) => {

@@ -1,6 +1,14 @@
 //! Request path normalization before the policy decides, so that `/v1/../admin`, `/admin//x` or
 //! `/%61dmin` cannot slip past a rule on `/admin/**`: the policy sees, and the service receives,
 //! the same normalized path.
+//!
+//! A `;` (raw or as `%3B`, either case) anywhere in the path is refused with 400. RFC 3986 lets
+//! a segment carry parameters after `;`, and servers disagree about them: Tomcat and Spring drop
+//! `;...` from each segment before resolving dot segments, so `/public/..;/admin` is `/admin` to
+//! them while this normalizer sees a segment named `..;` under `/public/`, and an allow on
+//! `/public/**` would let it through. Stripping parameters ourselves would only trade one
+//! reading for another (Jetty, Express and others keep them), so the one safe answer is to
+//! refuse them: path parameters are rare in APIs, and `;` in a query is not affected.
 
 /// Why a path cannot be normalized; the request is refused with 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +21,8 @@ pub enum PathError {
     EncodedSeparator,
     /// A raw backslash, which some servers read as `/`.
     Backslash,
+    /// `;` or `%3B`: a path parameter, which servers strip or keep differently.
+    Semicolon,
 }
 
 impl PathError {
@@ -22,6 +32,7 @@ impl PathError {
             Self::BadEscape => "the path has a '%' that is not followed by two hex digits",
             Self::EncodedSeparator => "the path has an encoded '/', '\\' or NUL (%2F, %5C, %00)",
             Self::Backslash => "the path has a backslash",
+            Self::Semicolon => "the path has a ';' or %3B (path parameters are not accepted)",
         }
     }
 }
@@ -33,6 +44,9 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     if rest.contains('\\') {
         return Err(PathError::Backslash);
+    }
+    if rest.contains(';') {
+        return Err(PathError::Semicolon);
     }
     let decoded = decode_unreserved(rest)?;
     let segments: Vec<&str> = decoded.split('/').collect();
@@ -80,6 +94,7 @@ fn decode_unreserved(input: &str) -> Result<String, PathError> {
         let value = hi * 16 + lo;
         match value {
             b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
+            b';' => return Err(PathError::Semicolon),
             v if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(char::from(v)),
             v => {
                 out.push('%');
@@ -131,5 +146,19 @@ mod tests {
         assert_eq!(normalize("/a%4"), Err(PathError::BadEscape));
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/a\\..\\admin"), Err(PathError::Backslash));
+    }
+
+    #[test]
+    fn refuses_path_parameters() {
+        for path in [
+            "/public/..;/admin",
+            "/admin;x/users",
+            "/a%3Bb",
+            "/a%3bb",
+            "/public/%2e%2e%3b/admin",
+            "/x;",
+        ] {
+            assert_eq!(normalize(path), Err(PathError::Semicolon), "{path}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use meshgate_policy::{PolicyErrors, PolicyFile, PolicySet};
 use tokio::sync::watch;
 
+use crate::audit::Audit;
 use crate::error::Error;
 use crate::metrics::{Metrics, OutcomeLabels};
 
@@ -61,27 +62,31 @@ impl PolicyStore {
         *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) != now
     }
 
-    /// `reload`, logged and counted.
-    pub(crate) fn reload_logged(&self, metrics: &Metrics, why: &str) {
+    /// `reload`, logged, counted and audited.
+    pub(crate) fn reload_logged(&self, metrics: &Metrics, audit: Option<&Audit>, why: &str) {
+        let files = self.files.len();
         let outcome = match self.reload() {
             Ok(()) => {
-                tracing::info!(trigger = why, files = self.files.len(), "policy reloaded");
+                tracing::info!(trigger = why, files, "policy reloaded");
+                if let Some(audit) = audit {
+                    audit.policy_reload(why, files, Ok(()));
+                }
                 "ok"
             }
-            Err(Error::Policy(errors)) => {
+            Err(e) => {
+                let errors = match e {
+                    Error::Policy(errors) => errors,
+                    other => other.to_string(),
+                };
                 for line in errors.lines() {
                     tracing::error!(
                         trigger = why,
                         "policy reload failed, previous policy stays in force: {line}"
                     );
                 }
-                "error"
-            }
-            Err(e) => {
-                tracing::error!(
-                    trigger = why,
-                    "policy reload failed, previous policy stays in force: {e}"
-                );
+                if let Some(audit) = audit {
+                    audit.policy_reload(why, files, Err(&errors));
+                }
                 "error"
             }
         };
@@ -96,6 +101,7 @@ impl PolicyStore {
 pub(crate) async fn watch_files(
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
+    audit: Option<Arc<Audit>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut hangup = hangup_signal();
@@ -108,7 +114,7 @@ pub(crate) async fn watch_files(
             _ = stop.changed() => return,
         };
         if trigger == "SIGHUP" || store.changed() {
-            store.reload_logged(&metrics, trigger);
+            store.reload_logged(&metrics, audit.as_deref(), trigger);
         }
     }
 }

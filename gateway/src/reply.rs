@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 /// The body type of every answer the gateway gives: a relayed body or one of its own.
@@ -19,6 +19,9 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub enum Refusal {
     /// The policy denied the request.
     Forbidden,
+    /// The peer sent more requests than its rate limit allows; it may retry after this many
+    /// seconds.
+    RateLimited { retry_after_secs: u64 },
     /// The request cannot be decided safely (an unnormalizable path, an unreadable host).
     BadRequest(&'static str),
     /// The local service, or the peer gateway, could not be reached or failed mid-answer.
@@ -31,6 +34,7 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -41,6 +45,7 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Forbidden => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
             Self::BadRequest(_) => "bad_request",
             Self::BadGateway(_) => "bad_gateway",
             Self::GatewayTimeout(_) => "gateway_timeout",
@@ -52,6 +57,9 @@ impl Refusal {
             Self::Forbidden => {
                 "the policy of this service does not allow this request from your identity"
             }
+            Self::RateLimited { .. } => {
+                "your identity has sent more requests than this service's rate limit allows; retry later"
+            }
             Self::BadRequest(m) => m,
             Self::BadGateway(m) | Self::GatewayTimeout(m) => m,
         }
@@ -59,7 +67,12 @@ impl Refusal {
 
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({ "error": self.code(), "message": self.message() });
-        json_response(self.status(), body.to_string())
+        let mut r = json_response(self.status(), body.to_string());
+        if let Self::RateLimited { retry_after_secs } = self {
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        r
     }
 }
 
@@ -94,5 +107,18 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"], "forbidden");
         assert!(v["message"].as_str().unwrap().contains("does not allow"));
+    }
+
+    #[tokio::test]
+    async fn over_the_rate_limit_is_429_json_with_retry_after() {
+        let r = Refusal::RateLimited {
+            retry_after_secs: 2,
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[RETRY_AFTER], "2");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "rate_limited");
     }
 }

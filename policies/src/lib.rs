@@ -34,5 +34,6 @@ mod set;
 
 pub use error::{Location, PolicyError, PolicyErrors};
 pub use file::{Mode, PolicyFile};
+pub use pattern::IdPattern;
 pub use rule::{Effect, Request, Rule, Scope};
 pub use set::{Decision, FileInfo, PolicySet};

@@ -4,9 +4,22 @@
 use meshgate_identity::SpiffeId;
 
 /// A SPIFFE ID pattern: exact, or with `*` for one path segment and `**` (last segment only) for
-/// the rest. The trust domain is literal.
+/// the rest. The trust domain is literal. Public so that other parts of the mesh (the gateway's
+/// rate limits) match identities exactly as policies do.
+///
+/// ```
+/// use meshgate_identity::SpiffeId;
+/// use meshgate_policy::IdPattern;
+///
+/// let shop = IdPattern::parse("spiffe://bank.example/ns/shop/**")?;
+/// assert!(shop.matches(&SpiffeId::parse("spiffe://bank.example/ns/shop/sa/checkout")?));
+/// assert!(!shop.matches(&SpiffeId::parse("spiffe://bank.example/ns/ledger/sa/api")?));
+/// assert_eq!(shop.as_str(), "spiffe://bank.example/ns/shop/**");
+/// assert!(IdPattern::parse("spiffe://bank.example/ns/**/x").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct IdPattern {
+pub struct IdPattern {
     /// The pattern in normal form (trust domain lowercased); for an exact pattern, the ID itself.
     text: Box<str>,
     wild: Option<WildId>,
@@ -47,7 +60,7 @@ const SCHEME: &str = "spiffe://";
 
 impl IdPattern {
     /// Parses a pattern. The error is the reason, to be wrapped with the value's location.
-    pub(crate) fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, String> {
         let has_scheme = input
             .get(..SCHEME.len())
             .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME));
@@ -105,8 +118,13 @@ impl IdPattern {
         })
     }
 
+    /// The pattern in normal form (the trust domain lowercased).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     /// The ID, when the pattern has no wildcard.
-    pub(crate) fn exact(&self) -> Option<&str> {
+    pub fn exact(&self) -> Option<&str> {
         if self.wild.is_none() {
             Some(&self.text)
         } else {
@@ -114,13 +132,20 @@ impl IdPattern {
         }
     }
 
-    pub(crate) fn matches(&self, id: &SpiffeId) -> bool {
+    /// True when `id` is the pattern's ID, or fits its wildcards.
+    pub fn matches(&self, id: &SpiffeId) -> bool {
         match &self.wild {
             None => id.as_str() == &*self.text,
             Some(w) => {
                 id.trust_domain_str() == &*w.trust_domain && match_segments(&w.segments, id.path())
             }
         }
+    }
+}
+
+impl std::fmt::Display for IdPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
 

@@ -1,5 +1,6 @@
 //! One module per command group of the CLI, and the argument parsers they share.
 
+pub mod audit;
 pub mod ca;
 pub mod ca_ops;
 pub mod demo;

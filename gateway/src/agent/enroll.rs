@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use meshgate_identity::api::{BootstrapToken, EnrollRequest, PATH_ENROLL, SvidResponse};
+use meshgate_identity::api::{
+    BootstrapToken, EnrollRequest, PATH_ENROLL, RevocationList, SvidResponse,
+};
 use meshgate_identity::tls::{self, ALPN_HTTP11};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
@@ -125,7 +127,16 @@ impl Agent {
             not_after = svid.info.not_after,
             "enrolled"
         );
-        Ok(Self::assemble(dir, enrollment, svid, bundle))
+        // A list kept from an earlier enrollment may come from another CA, whose sequence
+        // numbers would hide this one's: start empty; the first refresh fetches the list.
+        state::clear_revocations(dir)?;
+        Ok(Self::assemble(
+            dir,
+            enrollment,
+            svid,
+            bundle,
+            RevocationList::default(),
+        ))
     }
 }
 

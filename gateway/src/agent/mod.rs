@@ -110,23 +110,38 @@ impl Agent {
             info: verified.info,
             key,
         };
+        // The last list accepted: revoked peers stay refused while the CA is unreachable.
+        let revocations = state::read_revocations(dir)?;
         tracing::info!(spiffe_id = %svid.info.spiffe_id, serial = %svid.info.serial, "reusing the stored SVID");
-        Ok(Self::assemble(dir, files.enrollment, svid, bundle))
+        Ok(Self::assemble(
+            dir,
+            files.enrollment,
+            svid,
+            bundle,
+            revocations,
+        ))
     }
 
-    fn assemble(dir: &Path, enrollment: Enrollment, svid: Svid, bundle: TrustBundle) -> Self {
+    fn assemble(
+        dir: &Path,
+        enrollment: Enrollment,
+        svid: Svid,
+        bundle: TrustBundle,
+        revocations: RevocationList,
+    ) -> Self {
+        let revocations = Arc::new(revocations);
         let published = Published {
             credentials: Arc::new(Credentials::new(svid.key.clone())),
             bundles: Arc::new(SharedBundles::new(BundleSet::single(bundle.clone()))),
             svid: watch::Sender::new(svid.key.clone()),
-            revocations: watch::Sender::new(Arc::new(RevocationList::default())),
+            revocations: watch::Sender::new(revocations.clone()),
         };
         Self {
             dir: dir.to_owned(),
             enrollment,
             svid,
             bundle,
-            revocations: Arc::new(RevocationList::default()),
+            revocations,
             published,
         }
     }
@@ -152,7 +167,8 @@ impl Agent {
         &self.dir
     }
 
-    /// The revocation list as last fetched (empty before the first fetch).
+    /// The revocation list as last fetched, or as saved in `revocations.json` by an earlier run
+    /// (empty before the first fetch).
     pub fn revocation_list(&self) -> Arc<RevocationList> {
         self.revocations.clone()
     }

@@ -148,6 +148,8 @@ impl Agent {
                 "this agent's own SVID is revoked; the CA will refuse to renew it"
             );
         }
+        // Saved before it is published: a restart never knows less than the listeners did.
+        state::write_revocations(&self.dir, &list)?;
         self.revocations = Arc::new(list);
         self.publish_revocations();
         Ok(true)

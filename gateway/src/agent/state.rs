@@ -1,6 +1,7 @@
 //! The agent's state directory: `key.pem` (PKCS#8, 0600), `svid.pem` (leaf then intermediates),
-//! `bundle.pem` (roots) and `state.json` (where the CA is, how to recognize it, who we are). Every
-//! file is written atomically, the key first.
+//! `bundle.pem` (roots), `state.json` (where the CA is, how to recognize it, who we are) and
+//! `revocations.json` (the last revocation list accepted, so that a restart while the CA is
+//! unreachable still refuses revoked peers). Every file is written atomically, the key first.
 
 use std::fs;
 use std::io::{ErrorKind, Write as _};
@@ -8,6 +9,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use meshgate_identity::SpiffeId;
+use meshgate_identity::api::RevocationList;
 use serde::{Deserialize, Serialize};
 
 use super::keys::KeyType;
@@ -18,6 +20,7 @@ pub const KEY_FILE: &str = "key.pem";
 pub const SVID_FILE: &str = "svid.pem";
 pub const BUNDLE_FILE: &str = "bundle.pem";
 pub const STATE_FILE: &str = "state.json";
+pub const REVOCATIONS_FILE: &str = "revocations.json";
 
 /// Longest file the agent reads back from its state directory.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -135,6 +138,42 @@ pub(crate) fn write_bundle(
     write_atomic(&dir.join(STATE_FILE), &json, 0o644)
 }
 
+/// Saves the last accepted revocation list as `revocations.json`.
+pub(crate) fn write_revocations(dir: &Path, list: &RevocationList) -> Result<(), Error> {
+    let path = dir.join(REVOCATIONS_FILE);
+    let mut json = serde_json::to_vec_pretty(list).map_err(|e| Error::BadState {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    json.push(b'\n');
+    write_atomic(&path, &json, 0o644)
+}
+
+/// Removes `revocations.json`, if any.
+pub(crate) fn clear_revocations(dir: &Path) -> Result<(), Error> {
+    let path = dir.join(REVOCATIONS_FILE);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(&path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `revocations.json`: a missing file is an empty list (no list fetched yet); one that
+/// cannot be read or parsed is an error that names it.
+pub(crate) fn read_revocations(dir: &Path) -> Result<RevocationList, Error> {
+    let path = dir.join(REVOCATIONS_FILE);
+    let bytes = match read_file(&path) {
+        Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(RevocationList::default());
+        }
+        other => other?,
+    };
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadState {
+        path,
+        reason: e.to_string(),
+    })
+}
+
 /// Creates the state directory (and its parents) with mode 0700 when it does not exist. An
 /// existing directory is left as the operator made it.
 fn ensure_dir(dir: &Path) -> Result<(), Error> {
@@ -242,6 +281,43 @@ mod tests {
         fs::write(tmp.path().join(STATE_FILE), b"{\"ca_url\": 1}").unwrap();
         let err = read(tmp.path()).err().unwrap();
         assert!(matches!(err, Error::BadState { .. }), "{err}");
+    }
+
+    #[test]
+    fn revocations_are_saved_and_read_back() {
+        use meshgate_identity::api::RevokedEntry;
+        use meshgate_identity::svid::Serial;
+
+        let tmp = tempfile::tempdir().unwrap();
+        // Nothing saved yet: an empty list.
+        assert_eq!(
+            read_revocations(tmp.path()).unwrap(),
+            RevocationList::default()
+        );
+        let list = RevocationList {
+            sequence: 4,
+            revoked: vec![RevokedEntry {
+                serial: Serial::from_bytes(&[0x01, 0x02, 0x03]),
+                spiffe_id: SpiffeId::parse("spiffe://bank.example/ns/shop/sa/web").unwrap(),
+                at: 1_700_000_000,
+            }],
+        };
+        write_revocations(tmp.path(), &list).unwrap();
+        assert_eq!(read_revocations(tmp.path()).unwrap(), list);
+        let mode = fs::metadata(tmp.path().join(REVOCATIONS_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644);
+        // A corrupt file is an error that names it.
+        fs::write(tmp.path().join(REVOCATIONS_FILE), b"{\"sequence\": ").unwrap();
+        let err = read_revocations(tmp.path()).err().unwrap();
+        assert!(
+            matches!(&err, Error::BadState { path, .. } if path.ends_with(REVOCATIONS_FILE)),
+            "{err}"
+        );
+        assert!(err.to_string().contains(REVOCATIONS_FILE), "{err}");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! keys rejected, secure defaults, and every setting that weakens security spelled `dangerous_*`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshgate_identity::SpiffeId;
+use meshgate_policy::IdPattern;
 use rustls::pki_types::ServerName;
 
 use crate::agent::CaUrl;
@@ -27,15 +29,33 @@ pub struct Config {
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`, `/v1/identity`).
     pub admin: SocketAddr,
     pub limits: Limits,
-    /// The audit log (JSON Lines).
-    pub audit_path: Option<PathBuf>,
+    /// The audit log (`[audit]`): where, and whether allowed requests are recorded too.
+    pub audit_path: Option<AuditLog>,
+}
+
+/// `[audit]`: the gateway's hash-chained JSON Lines audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLog {
+    pub path: PathBuf,
+    /// Records allowed requests as well as denied ones (`log_allows`, default false).
+    pub log_allows: bool,
+}
+
+impl AuditLog {
+    /// A log at `path` that records denials (and every other event) but not allowed requests.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            log_allows: false,
+        }
+    }
 }
 
 /// The mTLS listener in front of the local service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     pub listen: SocketAddr,
-    /// The local service, spoken to in plain HTTP/1.1.
+    /// The local service, spoken to in plain HTTP/1.1 or h2c (`upstream.protocol`).
     pub upstream: Target,
     /// The policy files, decided as one set.
     pub policy: Vec<PathBuf>,
@@ -52,7 +72,7 @@ pub struct Route {
     pub expected_peer: SpiffeId,
 }
 
-/// `host:port` of a peer gateway.
+/// `host:port` of a peer gateway, or of the inbound's local service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// As `TcpStream::connect` takes it (IPv6 without brackets).
@@ -60,6 +80,33 @@ pub struct Target {
     pub port: u16,
     /// As written: the `:authority` of requests when the app sent no Host.
     pub authority: String,
+    /// How the inbound speaks to its local service (`inbound.upstream_protocol`). Only the
+    /// inbound's upstream reads it: the hop between gateways is always HTTP/2 over mTLS.
+    pub protocol: UpstreamProtocol,
+}
+
+/// The plain-text protocol of the hop from the inbound listener to the local service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (`"http1"`, the default). WebSocket upgrades pass; gRPC cannot (no trailers).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP (`"h2c"`), for gRPC services.
+    H2c,
+}
+
+/// One `[[rate_limit]]` entry: the peers whose SPIFFE ID matches `peer` may send `rate`
+/// requests per second each, with bursts of up to `burst`. Each matching peer has its own
+/// bucket; the first matching entry decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The same pattern syntax as policies: exact, `*` for one segment, `**` for the rest.
+    pub peer: IdPattern,
+    /// Requests per second, sustained.
+    pub rate: NonZeroU32,
+    /// Requests that may arrive at once after a quiet spell.
+    pub burst: NonZeroU32,
 }
 
 /// Limits on every listener. The defaults are those of a gateway facing hostile peers.
@@ -76,6 +123,9 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Connecting to the upstream or to a peer gateway.
     pub connect_timeout: Duration,
+    /// Per-peer request rates on the inbound listener (`[[rate_limit]]`), in config order;
+    /// none by default.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 impl Default for Limits {
@@ -88,6 +138,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_concurrent_streams: 100,
             connect_timeout: Duration::from_secs(10),
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -130,7 +181,7 @@ impl Config {
             inbound.policy.iter_mut().for_each(fix);
         }
         if let Some(audit) = &mut self.audit_path {
-            fix(audit);
+            fix(&mut audit.path);
         }
         self
     }
@@ -161,11 +212,19 @@ impl Target {
             host,
             port,
             authority: input.to_owned(),
+            protocol: UpstreamProtocol::default(),
         };
         target
             .server_name()
             .ok_or("the host is not a DNS name or an IP address")?;
         Ok(target)
+    }
+
+    /// The same target, spoken to in `protocol`.
+    #[must_use]
+    pub fn with_protocol(mut self, protocol: UpstreamProtocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// The name sent in SNI; the peer is authenticated by its SPIFFE ID, not by this name.

@@ -2,14 +2,17 @@
 //! `Config`: each error names the key and the value at fault and says what would be accepted.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use meshgate_identity::SpiffeId;
+use meshgate_policy::IdPattern;
 use serde::Deserialize;
 
 use super::{
-    Config, DEFAULT_ADMIN, Inbound, Limits, MAX_HEADER_BYTES, MIN_HEADER_BYTES, Route, Target,
+    AuditLog, Config, DEFAULT_ADMIN, Inbound, Limits, MAX_HEADER_BYTES, MIN_HEADER_BYTES,
+    RateLimit, Route, Target, UpstreamProtocol,
 };
 use crate::agent::CaUrl;
 use crate::error::Error;
@@ -26,6 +29,8 @@ pub(super) struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    rate_limit: Vec<RawRateLimit>,
     audit: Option<RawAudit>,
 }
 
@@ -41,6 +46,8 @@ struct RawInbound {
     listen: String,
     upstream: String,
     policy: Vec<PathBuf>,
+    /// `"http1"` (default) or `"h2c"`.
+    upstream_protocol: Option<String>,
     /// Lets the upstream be another machine, reached in plain text.
     #[serde(default)]
     dangerous_remote_upstream: bool,
@@ -80,7 +87,21 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     path: PathBuf,
+    #[serde(default)]
+    log_allows: bool,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    peer: String,
+    rate: u32,
+    /// Defaults to `rate`: one second's worth of requests at once.
+    burst: Option<u32>,
+}
+
+/// A rate above this is a typo rather than a limit.
+const MAX_RATE: u32 = 1_000_000;
 
 fn bad(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::ConfigValue {
@@ -142,6 +163,15 @@ impl RawConfig {
             }
             None => DEFAULT_ADMIN,
         };
+        let mut limits = self.limits.check()?;
+        for (i, raw) in self.rate_limit.into_iter().enumerate() {
+            limits.rate_limits.push(raw.check(i)?);
+        }
+        if inbound.is_none() && !limits.rate_limits.is_empty() {
+            return Err(Error::Config(
+                "[[rate_limit]] limits requests on the inbound listener, but the config has no [inbound]".into(),
+            ));
+        }
         Ok(Config {
             spiffe_id,
             state_dir: self.state_dir,
@@ -149,8 +179,11 @@ impl RawConfig {
             inbound,
             outbound,
             admin,
-            limits: self.limits.check()?,
-            audit_path: self.audit.map(|a| a.path),
+            limits,
+            audit_path: self.audit.map(|a| AuditLog {
+                path: a.path,
+                log_allows: a.log_allows,
+            }),
         })
     }
 }
@@ -158,7 +191,19 @@ impl RawConfig {
 impl RawInbound {
     fn check(self) -> Result<Inbound, Error> {
         let listen = socket_addr("inbound.listen", &self.listen)?;
-        let upstream = upstream(&self.upstream, self.dangerous_remote_upstream)?;
+        let protocol = match self.upstream_protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2c") => UpstreamProtocol::H2c,
+            Some(other) => {
+                return Err(bad(
+                    "inbound.upstream_protocol",
+                    other,
+                    "expected \"http1\" (HTTP/1.1) or \"h2c\" (HTTP/2 with prior knowledge, for gRPC)",
+                ));
+            }
+        };
+        let upstream =
+            upstream(&self.upstream, self.dangerous_remote_upstream)?.with_protocol(protocol);
         if self.policy.is_empty() {
             return Err(bad(
                 "inbound.policy",
@@ -209,6 +254,21 @@ impl RawRoute {
     }
 }
 
+impl RawRateLimit {
+    fn check(self, i: usize) -> Result<RateLimit, Error> {
+        let key = |k: &str| format!("rate_limit[{i}].{k}");
+        let peer = IdPattern::parse(&self.peer).map_err(|r| bad(key("peer"), &self.peer, r))?;
+        let positive = |k: &str, n: u32| {
+            NonZeroU32::new(n)
+                .filter(|n| n.get() <= MAX_RATE)
+                .ok_or_else(|| bad(key(k), n.to_string(), format!("expected 1 to {MAX_RATE}")))
+        };
+        let rate = positive("rate", self.rate)?;
+        let burst = positive("burst", self.burst.unwrap_or(self.rate))?;
+        Ok(RateLimit { peer, rate, burst })
+    }
+}
+
 impl RawLimits {
     fn check(self) -> Result<Limits, Error> {
         let d = Limits::default();
@@ -254,6 +314,7 @@ impl RawLimits {
                 self.connect_timeout,
                 d.connect_timeout,
             )?,
+            rate_limits: Vec::new(),
         })
     }
 }
@@ -298,7 +359,7 @@ fn upstream(value: &str, remote_ok: bool) -> Result<Target, Error> {
         bad(
             key,
             value,
-            "expected http://127.0.0.1:PORT (plain HTTP/1.1 to the local service)",
+            "expected http://127.0.0.1:PORT (plain HTTP/1.1 or h2c to the local service)",
         )
     })?;
     let authority = rest.strip_suffix('/').unwrap_or(rest);

@@ -19,6 +19,7 @@ url = "https://ca.bank.example:8443"
 [inbound]
 listen = "0.0.0.0:8443"
 upstream = "http://127.0.0.1:8080"
+upstream_protocol = "h2c"
 policy = ["policies/payments.toml", "policies/mesh.toml"]
 
 [[outbound]]
@@ -39,8 +40,18 @@ max_connections = 500
 max_concurrent_streams = 50
 connect_timeout = "3s"
 
+[[rate_limit]]
+peer = "spiffe://bank.example/ns/shop/**"
+rate = 50
+burst = 100
+
+[[rate_limit]]
+peer = "spiffe://Bank.Example/ns/support/sa/agent"
+rate = 5
+
 [audit]
 path = "audit.jsonl"
+log_allows = true
 "#;
 
 #[test]
@@ -57,6 +68,17 @@ fn the_full_example_parses() {
     assert_eq!(c.outbound[0].target.port, 8443);
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(120));
     assert_eq!(c.limits.max_concurrent_streams, 50);
+    assert_eq!(inbound.upstream.protocol, UpstreamProtocol::H2c);
+    let limits = &c.limits.rate_limits;
+    assert_eq!(limits.len(), 2);
+    assert_eq!(limits[0].peer.as_str(), "spiffe://bank.example/ns/shop/**");
+    assert_eq!((limits[0].rate.get(), limits[0].burst.get()), (50, 100));
+    assert_eq!(
+        limits[1].peer.as_str(),
+        "spiffe://bank.example/ns/support/sa/agent"
+    );
+    assert_eq!((limits[1].rate.get(), limits[1].burst.get()), (5, 5));
+    assert!(c.audit_path.as_ref().unwrap().log_allows);
     let c = c.rebase(Path::new("/etc/meshgate"));
     assert_eq!(c.state_dir, Path::new("/etc/meshgate/state"));
     assert_eq!(
@@ -64,7 +86,7 @@ fn the_full_example_parses() {
         Path::new("/etc/meshgate/policies/payments.toml")
     );
     assert_eq!(
-        c.audit_path.unwrap(),
+        c.audit_path.unwrap().path,
         Path::new("/etc/meshgate/audit.jsonl")
     );
 }
@@ -102,6 +124,8 @@ fn err(text: &str) -> String {
 fn with(extra: &str) -> String {
     format!("spiffe_id = \"spiffe://bank.example/ns/shop/sa/checkout\"\nstate_dir = \"s\"\n{extra}")
 }
+
+const INBOUND: &str = "[inbound]\nlisten = \"0.0.0.0:1\"\nupstream = \"http://127.0.0.1:80\"\npolicy = [\"p.toml\"]\n";
 
 const ROUTE: &str = "[[outbound]]\nname = \"p\"\nlisten = \"127.0.0.1:1\"\ntarget = \"p:1\"\nexpected_peer = \"spiffe://bank.example/p\"\n";
 
@@ -169,6 +193,40 @@ fn each_value_rule_names_key_and_value() {
                 "[inbound]\nlisten = \"0.0.0.0:1\"\nupstream = \"http://127.0.0.1:80\"\npolicy = []\n",
             ),
             "inbound.policy",
+        ),
+        (
+            with(&format!("{INBOUND}upstream_protocol = \"h2\"\n")),
+            "inbound.upstream_protocol",
+        ),
+        (
+            with(&format!(
+                "{INBOUND}[[rate_limit]]\npeer = \"spiffe://bank.example/ns/**/x\"\nrate = 1\n"
+            )),
+            "rate_limit[0].peer",
+        ),
+        (
+            with(&format!(
+                "{INBOUND}[[rate_limit]]\npeer = \"spiffe://bank.example/a\"\nrate = 1\n[[rate_limit]]\npeer = \"spiffe://bank.example\"\nrate = 1\n"
+            )),
+            "rate_limit[1].peer",
+        ),
+        (
+            with(&format!(
+                "{INBOUND}[[rate_limit]]\npeer = \"spiffe://bank.example/a\"\nrate = 0\n"
+            )),
+            "rate_limit[0].rate",
+        ),
+        (
+            with(&format!(
+                "{INBOUND}[[rate_limit]]\npeer = \"spiffe://bank.example/a\"\nrate = 1\nburst = 0\n"
+            )),
+            "rate_limit[0].burst",
+        ),
+        (
+            with(&format!(
+                "{ROUTE}[[rate_limit]]\npeer = \"spiffe://bank.example/a\"\nrate = 1\n"
+            )),
+            "no [inbound]",
         ),
     ];
     for (text, needle) in cases {

@@ -1,0 +1,104 @@
+//! Write throughput: events per second through an `AuditSink` (a 4096-event queue, as the CA and
+//! gateways use, in front of one writer thread that appends in batches of up to `MAX_BATCH` and
+//! syncs once per batch with fdatasync) into a file on the disk under the target directory.
+//! Each iteration records 10,000 events and then flushes, so every event counted is on disk.
+//!
+//! Run: `cargo bench -p meshgate-audit -- --warm-up-time 1 --measurement-time 3`
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "benchmark setup with fixed, known-good input"
+)]
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use meshgate_audit::{Action, AuditEvent, AuditSink, AuditWriter, Component, MAX_BATCH, Outcome};
+
+/// Events per iteration.
+const EVENTS: u64 = 10_000;
+/// The queue the CA and gateways give their sinks.
+const QUEUE: usize = 4096;
+
+/// A gateway denial as the gateway writes it (about 480 bytes on disk).
+fn event(i: u64) -> AuditEvent {
+    AuditEvent::new(
+        Component::Gateway,
+        "spiffe://bank.example/ns/web/sa/frontend",
+        Action::RequestDeny,
+        "spiffe://bank.example/ns/payments/sa/api",
+        Outcome::Denied,
+    )
+    .with_reason("policy")
+    .with_source("10.1.2.3:51234")
+    .with_request_id(format!("req-{i:016x}"))
+    .with_trust_domain("bank.example")
+    .with_detail("method", "POST")
+    .with_detail("path", "/v1/charges")
+    .with_detail("rule", "default deny")
+}
+
+/// A temporary directory on a real disk (the target directory), not a tmpfs where fsync is free.
+fn bench_dir() -> tempfile::TempDir {
+    let base =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+fn sink(c: &mut Criterion) {
+    let mut group = c.benchmark_group("audit_sink");
+    group.throughput(Throughput::Elements(EVENTS));
+    group.sample_size(10);
+
+    for producers in [1_u64, 4] {
+        let dir = bench_dir();
+        let (writer, _) =
+            AuditWriter::open(dir.path().join("audit.jsonl"), Component::Gateway).unwrap();
+        let sink = AuditSink::spawn(writer, QUEUE).unwrap();
+        group.bench_function(format!("record+flush/{producers}_producers"), |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    for p in 0..producers {
+                        let sink = &sink;
+                        s.spawn(move || {
+                            for i in (p..EVENTS).step_by(producers as usize) {
+                                sink.record(black_box(event(i))).unwrap();
+                            }
+                        });
+                    }
+                });
+                sink.flush().unwrap();
+            });
+        });
+        sink.shutdown().unwrap();
+    }
+    group.finish();
+}
+
+/// The same events appended by the caller's thread straight to an `AuditWriter`, synced every
+/// `MAX_BATCH` events: the sink's cost without the queue and thread hand-off.
+fn writer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("audit_writer");
+    group.throughput(Throughput::Elements(EVENTS));
+    group.sample_size(10);
+    let dir = bench_dir();
+    let (mut writer, _) =
+        AuditWriter::open(dir.path().join("audit.jsonl"), Component::Gateway).unwrap();
+    group.bench_function("append+sync_per_batch", |b| {
+        b.iter(|| {
+            for i in 0..EVENTS {
+                writer.append(&black_box(event(i))).unwrap();
+                if (i + 1) % MAX_BATCH as u64 == 0 {
+                    writer.sync().unwrap();
+                }
+            }
+            writer.sync().unwrap();
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sink, writer);
+criterion_main!(benches);

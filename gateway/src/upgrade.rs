@@ -1,0 +1,314 @@
+//! WebSocket through the gateways. An app opens a WebSocket with an HTTP/1.1 `Upgrade:
+//! websocket` request; between gateways, which speak HTTP/2, the same opening is an extended
+//! CONNECT (RFC 8441, `:protocol websocket`); the local service again gets an HTTP/1.1 upgrade.
+//! Once the service answers 101, each gateway splices the two upgraded streams byte for byte.
+//! Only `websocket` is carried: any other `Upgrade` (`h2c` above all, the classic way past a
+//! proxy's checks) stays a hop-by-hop header and is removed.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderMap, HeaderValue, UPGRADE};
+use hyper::http::Extensions;
+use hyper::http::request::Parts;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use crate::config::{Target, UpstreamProtocol};
+use crate::conn::{Activity, InFlight};
+use crate::headers::strip_hop_by_hop;
+use crate::listen::until;
+use crate::reply::{Body, Refusal, full};
+
+pub(crate) const WEBSOCKET: &str = "websocket";
+
+/// Headers of the WebSocket handshake that travel end to end (`Upgrade` and `Connection` are
+/// hop-by-hop and rewritten at each hop).
+const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
+const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
+
+/// How a request asks for a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// HTTP/1.1 `GET` with `Connection: upgrade` and `Upgrade: websocket`.
+    Http1,
+    /// HTTP/2 `CONNECT` with `:protocol websocket` (RFC 8441).
+    ExtendedConnect,
+}
+
+/// The WebSocket opening `req` makes, if it makes one.
+pub(crate) fn websocket_opening<B>(req: &Request<B>) -> Option<Opening> {
+    if req.method() == Method::CONNECT {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>()?;
+        return protocol
+            .as_str()
+            .eq_ignore_ascii_case(WEBSOCKET)
+            .then_some(Opening::ExtendedConnect);
+    }
+    let h = req.headers();
+    let connection_upgrade = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let websocket = h
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case(WEBSOCKET));
+    (req.version() == Version::HTTP_11
+        && req.method() == Method::GET
+        && connection_upgrade
+        && websocket)
+        .then_some(Opening::Http1)
+}
+
+/// Makes `headers` (already stripped of hop-by-hop headers) those of an HTTP/1.1 WebSocket
+/// opening. An extended CONNECT has no key (RFC 8441 §5); the service's handshake needs one.
+pub(crate) fn http1_opening(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static(WEBSOCKET));
+    if !headers.contains_key(SEC_WEBSOCKET_KEY)
+        && let Some(key) = random_key()
+    {
+        headers.insert(SEC_WEBSOCKET_KEY, key);
+    }
+    if !headers.contains_key(SEC_WEBSOCKET_VERSION) {
+        headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+}
+
+/// The `Connection` and `Upgrade` headers of a 101 answer.
+pub(crate) fn switching(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static(WEBSOCKET));
+}
+
+fn random_key() -> Option<HeaderValue> {
+    let mut nonce = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).ok()?;
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).ok()
+}
+
+/// The inbound's hop for a WebSocket opening the policy allowed: an HTTP/1.1 upgrade to the
+/// local service at `target` (path and query); on 101 the peer gets 101 (HTTP/1.1) or 200
+/// (extended CONNECT) and the two upgraded streams are spliced on the connection's task.
+/// `parts` are the request's, hop-by-hop headers already removed and XFCC set.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces come from the listener, the request and its connection"
+)]
+pub(crate) async fn to_upstream(
+    upstream: &Target,
+    connect_timeout: Duration,
+    mut parts: Parts,
+    target: &str,
+    opening: Opening,
+    client: OnUpgrade,
+    tunnels: &Tunnels,
+    activity: &Arc<Activity>,
+) -> Response<Body> {
+    if upstream.protocol != UpstreamProtocol::Http1 {
+        return Refusal::BadGateway(
+            "the service behind this gateway speaks h2c, which cannot carry a WebSocket".into(),
+        )
+        .into_response();
+    }
+    parts.method = Method::GET;
+    parts.version = Version::HTTP_11;
+    parts.extensions = Extensions::new();
+    parts.uri = match target.parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(_) => {
+            return Refusal::BadRequest("the request target cannot be forwarded").into_response();
+        }
+    };
+    http1_opening(&mut parts.headers);
+    let request = Request::from_parts(parts, full(Bytes::new()));
+    let mut response = match open_upstream(upstream, connect_timeout, request).await {
+        Ok(r) => r,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let spliced = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| hyper::upgrade::on(&mut response));
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let Some(service) = spliced else {
+        // The service said no (or something else): its answer goes back as it is.
+        return Response::from_parts(parts, body.boxed());
+    };
+    match opening {
+        Opening::Http1 => switching(&mut parts.headers),
+        Opening::ExtendedConnect => parts.status = StatusCode::OK,
+    }
+    // The connection's task cuts it when the peer's SVID expires or is revoked.
+    tunnels.splice(client, service, activity.begin(), None);
+    Response::from_parts(parts, full(Bytes::new()))
+}
+
+/// Sends an HTTP/1.1 WebSocket opening to the local service on a connection of its own (an
+/// upgraded connection is never pooled) and returns its answer.
+async fn open_upstream(
+    upstream: &Target,
+    connect_timeout: Duration,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, Refusal> {
+    let failed = || Refusal::BadGateway("the service behind this gateway did not answer".into());
+    let tcp = tokio::time::timeout(
+        connect_timeout,
+        TcpStream::connect((upstream.host.as_str(), upstream.port)),
+    )
+    .await
+    .map_err(|_| {
+        Refusal::GatewayTimeout("the service behind this gateway did not accept in time".into())
+    })?
+    .map_err(|e| {
+        tracing::warn!(upstream = %upstream.authority, "cannot connect to the local service: {e}");
+        failed()
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|_| failed())?;
+    let authority = upstream.authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(upstream = %authority, "WebSocket connection to the local service ended: {e}");
+        }
+    });
+    sender.send_request(req).await.map_err(|e| {
+        tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening: {e}");
+        failed()
+    })
+}
+
+/// The spliced streams of one connection. A connection's task waits for them before it ends,
+/// so that its slot, its gauge and its peer's expiry and revocation watch cover them too, and
+/// dropping the set (when the connection is cut) aborts them.
+#[derive(Debug, Default)]
+pub(crate) struct Tunnels {
+    set: Mutex<JoinSet<()>>,
+}
+
+impl Tunnels {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Splices `client` and `upstream` once both are upgraded, on a task of this connection,
+    /// until either side closes or `not_after` (unix seconds) passes; `busy` keeps the
+    /// connection from counting as idle meanwhile.
+    pub(crate) fn splice(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        busy: InFlight,
+        not_after: Option<u64>,
+    ) {
+        let tunnel = async move {
+            let _busy = busy;
+            let (client, upstream) = match tokio::join!(client, upstream) {
+                (Ok(c), Ok(u)) => (c, u),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!("a WebSocket upgrade did not complete: {e}");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok((up, down)) => tracing::debug!(up, down, "WebSocket closed"),
+                Err(e) => tracing::debug!("WebSocket ended: {e}"),
+            }
+        };
+        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        set.spawn(async move {
+            match not_after {
+                None => tunnel.await,
+                Some(at) => tokio::select! {
+                    () = tunnel => {}
+                    () = until(at) => tracing::info!("closed a WebSocket: the peer's SVID expired"),
+                },
+            }
+        });
+    }
+
+    /// Completes when every tunnel of the connection has ended. The tunnels move into this
+    /// future, so dropping it (the connection cut at its peer's expiry) aborts them.
+    pub(crate) async fn finish(&self) {
+        let mut set = std::mem::take(&mut *self.set.lock().unwrap_or_else(PoisonError::into_inner));
+        while set.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+
+    fn request(method: Method, headers: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut r = Request::builder().method(method).uri("/ws");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_a_websocket_opening_is_one() {
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert_eq!(
+            websocket_opening(&request(Method::GET, &ws)),
+            Some(Opening::Http1)
+        );
+        assert_eq!(websocket_opening(&request(Method::POST, &ws)), None);
+        let h2c = [("connection", "upgrade"), ("upgrade", "h2c")];
+        assert_eq!(websocket_opening(&request(Method::GET, &h2c)), None);
+        let no_connection = [("upgrade", "websocket")];
+        assert_eq!(
+            websocket_opening(&request(Method::GET, &no_connection)),
+            None
+        );
+
+        let mut connect = request(Method::CONNECT, &[]);
+        assert_eq!(websocket_opening(&connect), None);
+        connect
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        assert_eq!(websocket_opening(&connect), Some(Opening::ExtendedConnect));
+    }
+
+    #[test]
+    fn an_opening_without_a_key_gets_one() {
+        let mut h = HeaderMap::new();
+        http1_opening(&mut h);
+        assert_eq!(h[UPGRADE], WEBSOCKET);
+        assert_eq!(h[SEC_WEBSOCKET_VERSION], "13");
+        let key = h[SEC_WEBSOCKET_KEY].to_str().unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(key)
+                .unwrap()
+                .len(),
+            16
+        );
+        let mut kept = HeaderMap::new();
+        kept.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_static("abc"));
+        http1_opening(&mut kept);
+        assert_eq!(kept[SEC_WEBSOCKET_KEY], "abc");
+    }
+}
