@@ -33,19 +33,12 @@ enum Command {
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
     /// The gateway: mTLS inbound/outbound listeners with identity policy.
-    #[command(subcommand)]
-    Gateway(GatewayCommand),
+    Gateway(cmd::gateway::GatewayArgs),
     /// Audit logs: verify hash chains, export merged logs.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
     /// Run the demo: a three-service bank on 127.0.0.1 with an embedded CA and the example policies.
     Demo,
-}
-
-#[derive(Debug, Subcommand)]
-enum GatewayCommand {
-    /// Run a gateway from its config file, enrolling with a bootstrap token on first start.
-    Run(cmd::gateway::GatewayArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,7 +59,7 @@ fn main() -> ExitCode {
         Command::Ca(c) => cmd::ca::run(c),
         Command::Svid(c) => cmd::svid::run(c),
         Command::Policy(c) => cmd::policy::run(c),
-        Command::Gateway(GatewayCommand::Run(c)) => cmd::gateway::run(c),
+        Command::Gateway(c) => cmd::gateway::run(c),
         Command::Audit(c) => cmd::audit::run(c),
         Command::Demo => cmd::demo::run(),
     };

@@ -494,3 +494,47 @@ fn corrupt_or_truncated_files_are_clear_errors() {
     let o = meshgate(&["ca", "list", "--dir", s(&ca)]);
     assert_exit(&o, 1, "datastore");
 }
+
+#[test]
+fn gateway_run_reads_the_readme_config_and_names_bad_values() {
+    // The full example of README.md, as a user would copy it.
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = readme
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("gateway.toml");
+    fs::write(&config, example).unwrap();
+    fs::create_dir(tmp.path().join("policies")).unwrap();
+    for f in ["payments.toml", "mesh.toml"] {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/examples/bank/");
+        fs::copy(format!("{src}{f}"), tmp.path().join("policies").join(f)).unwrap();
+    }
+    // The config is valid: the gateway gets as far as asking for a token (no state yet).
+    let o = meshgate(&["gateway", "run", "--config", s(&config)]);
+    assert_exit(&o, 2, "--bootstrap-token");
+    // A bad value is named with its key.
+    fs::write(
+        &config,
+        example.replace("max_connections = 1024", "max_connections = 0"),
+    )
+    .unwrap();
+    let o = meshgate(&["gateway", "run", "--config", s(&config)]);
+    assert_exit(&o, 2, "max_connections");
+    // A malformed token exits 2 without echoing it.
+    fs::write(&config, example).unwrap();
+    let o = meshgate(&[
+        "gateway",
+        "run",
+        "--config",
+        s(&config),
+        "--bootstrap-token",
+        "mgt1.not-a-token.x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("not-a-token"), "{}", stderr(&o));
+}
