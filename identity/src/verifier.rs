@@ -13,7 +13,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
-use crate::bundle::BundleSet;
+use crate::bundle::{BundleSet, TrustBundle};
 use crate::spiffe_id::SpiffeId;
 use crate::svid::{SvidError, VerifiedSvid, verify_svid};
 
@@ -59,6 +59,9 @@ pub enum PeerError {
     Svid(SvidError),
     #[error("peer is {got}, expected {expected}")]
     UnexpectedPeer { expected: SpiffeId, got: SpiffeId },
+    /// Enrollment: none of the certificates the server sent is the root the token pins.
+    #[error("none of the certificates the server sent is the pinned root")]
+    PinnedRootNotSent,
 }
 
 /// Verifies client certificates (server side): a valid X.509-SVID of a known trust domain.
@@ -139,18 +142,59 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 /// one. The TLS server name is not used.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    bundles: Arc<dyn BundleSource>,
+    trust: ServerTrust,
     expected: SpiffeId,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// Where a server verifier finds the roots of the expected peer's trust domain.
+#[derive(Debug)]
+enum ServerTrust {
+    /// The current bundles (a running workload).
+    Bundles(Arc<dyn BundleSource>),
+    /// A new workload's enrollment, before it holds any bundle: the bootstrap token pins the
+    /// SHA-256 of the CA's root, and the CA sends its chain with the root. That root is trusted
+    /// because its hash matches; it still has to pass as a signing certificate.
+    PinnedRoot([u8; 32]),
 }
 
 impl SpiffeServerVerifier {
     pub fn new(bundles: Arc<dyn BundleSource>, expected: SpiffeId) -> Self {
         Self {
-            bundles,
+            trust: ServerTrust::Bundles(bundles),
             expected,
             algorithms: crate::tls::algorithms(),
         }
+    }
+
+    /// For enrollment: trusts only the root whose DER has SHA-256 `root_sha256`, found among the
+    /// certificates the server sends, for `expected`'s trust domain.
+    pub fn pinned_root(root_sha256: [u8; 32], expected: SpiffeId) -> Self {
+        Self {
+            trust: ServerTrust::PinnedRoot(root_sha256),
+            expected,
+            algorithms: crate::tls::algorithms(),
+        }
+    }
+
+    fn bundles(&self, presented: &[CertificateDer<'_>]) -> Result<Arc<BundleSet>, rustls::Error> {
+        let pin = match &self.trust {
+            ServerTrust::Bundles(source) => return Ok(source.bundles()),
+            ServerTrust::PinnedRoot(pin) => pin,
+        };
+        let root = presented
+            .iter()
+            .find(|c| crate::svid::sha256_of(c) == *pin)
+            .ok_or_else(|| other(PeerError::PinnedRootNotSent))?;
+        let td = self.expected.trust_domain();
+        let bundle =
+            TrustBundle::new(td.clone(), vec![root.clone().into_owned()]).map_err(|e| {
+                other(PeerError::Svid(SvidError::Chain {
+                    trust_domain: td.to_string(),
+                    reason: format!("the pinned root is not a usable root: {e}"),
+                }))
+            })?;
+        Ok(Arc::new(BundleSet::single(bundle)))
     }
 }
 
@@ -163,7 +207,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = verify(&self.bundles.bundles(), end_entity, intermediates, now)?;
+        let bundles = self.bundles(intermediates)?;
+        let verified = verify(&bundles, end_entity, intermediates, now)?;
         // Authorization only after the cryptographic verification succeeded.
         if verified.info.spiffe_id != self.expected {
             return Err(other(PeerError::UnexpectedPeer {

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use meshgate_ca::server::{RunningServer, ServeConfig, start};
 use meshgate_ca::{Authority, KeyType as CaKeyType};
-use meshgate_gateway::agent::pinned::PinnedRootVerifier;
 use meshgate_identity::api::BootstrapToken;
 use meshgate_identity::bundle::{certs_from_pem, pem_encode};
 use meshgate_identity::tls::{ALPN_HTTP11, Credentials, certified_key, client_config};
@@ -238,7 +237,7 @@ pub fn pinned_config(token: &BootstrapToken) -> Arc<ClientConfig> {
     let mut pin = [0u8; 32];
     hex::decode_to_slice(&claims.root_sha256, &mut pin).expect("pin");
     let verifier =
-        PinnedRootVerifier::new(pin, claims.spiffe_id.trust_domain(), claims.ca_url.clone())
+        meshgate_gateway::agent::pinned::enroll_verifier(pin, &claims.spiffe_id.trust_domain())
             .expect("pinned verifier");
     Arc::new(client_config(Arc::new(verifier), None, &[ALPN_HTTP11]).expect("client config"))
 }

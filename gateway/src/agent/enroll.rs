@@ -13,7 +13,7 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
 use super::check::{chain_pem, check_answer};
 use super::keys::{self, KeyType};
-use super::pinned::PinnedRootVerifier;
+use super::pinned::enroll_verifier;
 use super::state::{self, Enrollment};
 use super::url::CaUrl;
 use super::{Agent, Svid, http};
@@ -80,11 +80,8 @@ impl Agent {
 
         let key = keys::generate(key_type)?;
         let csr = keys::csr_pem(&enrollment.spiffe_id, &key)?;
-        let verifier = PinnedRootVerifier::new(
-            enrollment.root_sha256,
-            enrollment.spiffe_id.trust_domain(),
-            enrollment.ca_url.to_string(),
-        )?;
+        let verifier =
+            enroll_verifier(enrollment.root_sha256, &enrollment.spiffe_id.trust_domain())?;
         let config = Arc::new(tls::client_config(
             Arc::new(verifier),
             None,

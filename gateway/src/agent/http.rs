@@ -20,6 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::url::CaUrl;
 use crate::error::Error;
+use meshgate_identity::verifier::PeerError;
 
 /// Time allowed for each of: the TCP connect, the TLS handshake, the whole answer.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,8 +172,8 @@ fn handshake_error(ca: &str, e: &std::io::Error) -> Error {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner)))) = tls
     {
-        if let Some(Error::PinnedRootNotSent { ca }) = inner.downcast_ref::<Error>() {
-            return Error::PinnedRootNotSent { ca: ca.clone() };
+        if let Some(PeerError::PinnedRootNotSent) = inner.downcast_ref::<PeerError>() {
+            return Error::PinnedRootNotSent { ca: ca.to_owned() };
         }
         return Error::Handshake {
             ca: ca.to_owned(),
