@@ -17,8 +17,24 @@ use clap::{Parser, Subcommand};
     about = "Service-identity mesh: SPIFFE CA, mTLS gateways, identity policy"
 )]
 struct Cli {
+    /// How logs (the gateway's access log among them) are written to stderr: `text` for people,
+    /// `json` (one object per line) for log pipelines. Levels come from MESHGATE_LOG.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "MESHGATE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +70,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Ca(c) => cmd::ca::run(c),
         Command::Svid(c) => cmd::svid::run(c),
@@ -66,11 +82,20 @@ fn main() -> ExitCode {
     exit::finish(result)
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,meshgate::access=info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // Fields at the top level (not under "fields"), so a pipeline reads `peer`, `status`,
+        // `decision`, `rule` and `duration_ms` of an access-log line directly.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::RequestEvent;
+use crate::body;
 use crate::config::{Inbound as InboundConfig, Target, UpstreamProtocol};
 use crate::conn::Activity;
 use crate::error::Error;
@@ -52,7 +53,7 @@ pub(crate) struct Inbound {
     policies: Arc<PolicyStore>,
     rate_limits: Arc<RateLimits>,
     upstream: Target,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Body>,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -274,10 +275,13 @@ async fn handle(
     let outcome = decide(&inbound, &context, req).await;
     let status = outcome.response.status().as_u16();
     let elapsed = start.elapsed();
-    inbound
-        .shared
-        .metrics
-        .request(DIRECTION, outcome.decision, status, elapsed.as_secs_f64());
+    inbound.shared.metrics.request(
+        DIRECTION,
+        &peer.id,
+        outcome.decision,
+        status,
+        elapsed.as_secs_f64(),
+    );
     if let Some(audit) = &inbound.shared.audit {
         audit.request(&RequestEvent {
             peer: &peer.id,
@@ -500,6 +504,11 @@ async fn forward(
         UpstreamProtocol::H2c => Version::HTTP_2,
         _ => Version::HTTP_11,
     };
+    let body =
+        match body::for_upstream(&parts.headers, body, inbound.shared.limits.idle_timeout).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal.into_response(),
+        };
     match inbound
         .client
         .request(Request::from_parts(parts, body))

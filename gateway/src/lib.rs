@@ -9,6 +9,7 @@
 mod admin;
 pub mod agent;
 mod audit;
+mod body;
 pub mod config;
 mod conn;
 pub mod error;

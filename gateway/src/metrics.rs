@@ -1,5 +1,6 @@
 //! The gateway's Prometheus metrics, served in text form on the admin listener.
 
+use meshgate_identity::SpiffeId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,6 +11,10 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
     pub direction: &'static str,
+    /// The authenticated client for inbound requests, the expected server for outbound ones.
+    /// Bounded by the identities the trust bundles vouch for: an unauthenticated client never
+    /// reaches a request.
+    pub peer: String,
     pub decision: &'static str,
     pub status: u16,
 }
@@ -91,7 +96,7 @@ impl Metrics {
         let mut r = Registry::with_prefix("meshgate_gateway");
         r.register(
             "requests",
-            "Requests by direction, policy decision and status",
+            "Requests by direction, peer SPIFFE ID, policy decision and status",
             self.requests.clone(),
         );
         r.register(
@@ -155,6 +160,7 @@ impl Metrics {
     pub(crate) fn request(
         &self,
         direction: &'static str,
+        peer: &SpiffeId,
         decision: &'static str,
         status: u16,
         seconds: f64,
@@ -162,6 +168,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 direction,
+                peer: peer.to_string(),
                 decision,
                 status,
             })

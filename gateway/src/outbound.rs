@@ -282,10 +282,13 @@ async fn handle(
     };
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    outbound
-        .shared
-        .metrics
-        .request(DIRECTION, "none", status, elapsed.as_secs_f64());
+    outbound.shared.metrics.request(
+        DIRECTION,
+        &outbound.route.expected_peer,
+        "none",
+        status,
+        elapsed.as_secs_f64(),
+    );
     tracing::info!(
         target: "meshgate::access",
         direction = DIRECTION,

@@ -73,8 +73,8 @@ async fn shop_calls_payments_over_h2_and_payments_sees_shops_identity() {
         assert_eq!(again.status, StatusCode::OK);
         let (_, metrics) = admin(mesh.payments.admin, "/metrics").await;
         assert_eq!(metric(&metrics, h2), 1.0, "{metrics}");
-        let allowed = "meshgate_gateway_requests_total{direction=\"inbound\",decision=\"allow\",status=\"200\"}";
-        assert_eq!(metric(&metrics, allowed), 2.0, "{metrics}");
+        let allowed = format!("meshgate_gateway_requests_total{{direction=\"inbound\",peer=\"{SHOP}\",decision=\"allow\",status=\"200\"}}");
+        assert_eq!(metric(&metrics, &allowed), 2.0, "{metrics}");
     })
     .await
     .unwrap();
@@ -105,8 +105,8 @@ async fn a_denied_request_is_403_json_naming_no_rule_and_never_reaches_the_servi
         assert_eq!(bad.json()["error"], "bad_request");
 
         let (_, metrics) = admin(mesh.payments.admin, "/metrics").await;
-        let denied = "meshgate_gateway_requests_total{direction=\"inbound\",decision=\"deny\",status=\"403\"}";
-        assert_eq!(metric(&metrics, denied), 4.0, "{metrics}");
+        let denied = format!("meshgate_gateway_requests_total{{direction=\"inbound\",peer=\"{SHOP}\",decision=\"deny\",status=\"403\"}}");
+        assert_eq!(metric(&metrics, &denied), 4.0, "{metrics}");
     })
     .await
     .unwrap();

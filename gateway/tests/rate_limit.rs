@@ -77,8 +77,8 @@ async fn a_peer_over_its_limit_gets_429_while_other_peers_are_served() {
         assert!(metric(&m, &limited) >= 1.0, "{m}");
         let web_limited = format!("meshgate_gateway_rate_limited_total{{peer=\"{WEB}\"}}");
         assert_eq!(metric(&m, &web_limited), 0.0, "{m}");
-        let sample = "meshgate_gateway_requests_total{direction=\"inbound\",decision=\"rate_limited\",status=\"429\"}";
-        assert!(metric(&m, sample) >= 1.0, "{m}");
+        let sample = format!("meshgate_gateway_requests_total{{direction=\"inbound\",peer=\"{CHECKOUT}\",decision=\"rate_limited\",status=\"429\"}}");
+        assert!(metric(&m, &sample) >= 1.0, "{m}");
     })
     .await
     .unwrap();
