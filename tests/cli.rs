@@ -348,6 +348,20 @@ fn invalid_spiffe_id_exits_2_naming_the_rule() {
         s(&out),
     ]);
     assert_exit(&o, 2, "TTL 2d is out of range");
+    // The server's SVID lifetime has the same bounds, checked before anything listens.
+    let o = meshgate(&[
+        "ca",
+        "serve",
+        "--dir",
+        s(&ca),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--svid-ttl",
+        "5s",
+    ]);
+    assert_exit(&o, 2, "TTL 5s is out of range; accepted: 10s to 1d");
     let o = meshgate(&[
         "ca",
         "issue",

@@ -48,6 +48,8 @@ pub struct Authority {
     pub(crate) signer: Signer,
     /// The datastore's `state_version` when `signer` was loaded.
     state_version: u64,
+    /// Lifetime of the SVIDs minted by enrollment and renewal.
+    pub(crate) leaf_ttl: Duration,
 }
 
 /// The active intermediate, its key, and the root above it.
@@ -106,6 +108,7 @@ impl Authority {
             meta,
             signer,
             state_version,
+            leaf_ttl: profile::LEAF_TTL,
         })
     }
 
@@ -119,6 +122,14 @@ impl Authority {
         self.signer = load_signer(&self.dir, &self.store)?;
         self.state_version = version;
         Ok(true)
+    }
+
+    /// Sets the lifetime of the SVIDs that enrollment and renewal mint (1 h unless set), within
+    /// [`profile::MIN_LEAF_TTL`] and [`profile::MAX_LEAF_TTL`].
+    pub fn set_leaf_ttl(&mut self, ttl: Duration) -> Result<(), CaError> {
+        profile::check_leaf_ttl(ttl)?;
+        self.leaf_ttl = ttl;
+        Ok(())
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -145,7 +156,10 @@ impl Authority {
             }
         })?;
         bundle.sequence = sequence;
-        bundle.refresh_hint = Some(profile::BUNDLE_REFRESH_HINT.as_secs());
+        // Consumers refresh several times per SVID lifetime, so a rotation step reaches them all
+        // well within the life of the SVIDs in flight (5 min for 1 h SVIDs).
+        let hint = profile::BUNDLE_REFRESH_HINT.min(self.leaf_ttl / 6);
+        bundle.refresh_hint = Some(hint.as_secs().max(1));
         Ok(bundle)
     }
 

@@ -14,8 +14,12 @@ pub enum CaError {
         "{0} is not in this CA's trust domain {1}; a CA issues only inside its own trust domain"
     )]
     ForeignTrustDomain(String, String),
-    #[error("TTL {requested} is out of range; accepted: 1s to {max}")]
-    BadTtl { requested: String, max: String },
+    #[error("TTL {requested} is out of range; accepted: {min} to {max}")]
+    BadTtl {
+        requested: String,
+        min: String,
+        max: String,
+    },
     #[error("DNS name {0:?} is not a valid DNS name")]
     BadDnsName(String),
     #[error("{0} is reserved for the CA's own TLS identity")]

@@ -20,6 +20,9 @@ pub const INTERMEDIATE_TTL: Duration = Duration::from_secs(7 * 86_400);
 pub const LEAF_TTL: Duration = Duration::from_secs(3600);
 /// Longest leaf SVID lifetime.
 pub const MAX_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest leaf SVID lifetime: agents renew at half-life, and certificate times have one-second
+/// resolution, so below this renewals would be back to back.
+pub const MIN_LEAF_TTL: Duration = Duration::from_secs(10);
 /// How often consumers should refresh the bundle (`spiffe_refresh_hint`).
 pub const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 /// notBefore is backdated by this much to tolerate clock skew between machines.
@@ -58,12 +61,7 @@ pub fn leaf_params(
     ttl: Duration,
     cap: OffsetDateTime,
 ) -> Result<CertificateParams, CaError> {
-    if ttl.is_zero() || ttl > MAX_LEAF_TTL {
-        return Err(CaError::BadTtl {
-            requested: meshgate_identity::duration::format_duration(ttl),
-            max: meshgate_identity::duration::format_duration(MAX_LEAF_TTL),
-        });
-    }
+    check_leaf_ttl(ttl)?;
     let mut p = CertificateParams::default();
     p.serial_number = Some(random_serial()?);
     let mut dn = DistinguishedName::new();
@@ -90,9 +88,23 @@ pub fn leaf_params(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     p.use_authority_key_identifier_extension = true;
-    p.not_before = now - BACKDATE;
+    // Backdating widens the validity window that agents schedule renewal from (50% of it): for a
+    // short-lived SVID it is cut to a tenth of the TTL, so renewal still falls after issuance.
+    p.not_before = now - BACKDATE.min(ttl / 10);
     p.not_after = (now + ttl).min(cap);
     Ok(p)
+}
+
+/// A leaf TTL between [`MIN_LEAF_TTL`] and [`MAX_LEAF_TTL`].
+pub fn check_leaf_ttl(ttl: Duration) -> Result<(), CaError> {
+    if ttl < MIN_LEAF_TTL || ttl > MAX_LEAF_TTL {
+        return Err(CaError::BadTtl {
+            requested: meshgate_identity::duration::format_duration(ttl),
+            min: meshgate_identity::duration::format_duration(MIN_LEAF_TTL),
+            max: meshgate_identity::duration::format_duration(MAX_LEAF_TTL),
+        });
+    }
+    Ok(())
 }
 
 /// Adds the subjectKeyIdentifier of `key` to leaf parameters (rcgen writes it only for CAs).

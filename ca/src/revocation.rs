@@ -11,7 +11,6 @@ use time::OffsetDateTime;
 use crate::authority::{Authority, IssuedSvid};
 use crate::csr::check_csr;
 use crate::error::CaError;
-use crate::profile;
 use crate::store::{RevocationRecord, Store as _};
 
 impl Authority {
@@ -99,7 +98,7 @@ impl Authority {
                 detail: "the request reuses the current SVID's key; renew with a new key".into(),
             });
         }
-        let issued = self.signer.mint(&csr, &[], profile::LEAF_TTL, now)?;
+        let issued = self.signer.mint(&csr, &[], self.leaf_ttl, now)?;
         if !self.store.record_renewal(&issued.record, &peer_serial)? {
             return Err(CaError::Revoked(peer_serial.to_string()));
         }

@@ -11,7 +11,6 @@ use time::OffsetDateTime;
 use crate::authority::{Authority, IssuedSvid};
 use crate::csr::check_csr;
 use crate::error::CaError;
-use crate::profile;
 use crate::store::{EnrollOutcome, Store as _, TokenRecord, TokenRejection};
 
 /// Default token lifetime.
@@ -50,6 +49,7 @@ impl Authority {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(CaError::BadTtl {
                 requested: meshgate_identity::duration::format_duration(ttl),
+                min: "1s".into(),
                 max: meshgate_identity::duration::format_duration(MAX_TOKEN_TTL),
             });
         }
@@ -104,12 +104,13 @@ impl Authority {
     ) -> Result<(TokenRecord, IssuedSvid), EnrollError> {
         let hash = hex::encode(token.secret_sha256());
         let signer = &self.signer;
+        let leaf_ttl = self.leaf_ttl;
         let mut minted = None;
         let outcome = self
             .store
             .enroll(&hash, now.unix_timestamp(), &mut |t: &TokenRecord| {
                 let csr = check_csr(csr_der, &t.spiffe_id)?;
-                let issued = signer.mint(&csr, &[], profile::LEAF_TTL, now)?;
+                let issued = signer.mint(&csr, &[], leaf_ttl, now)?;
                 let record = issued.record.clone();
                 minted = Some(issued);
                 Ok(record)

@@ -34,8 +34,8 @@ use crate::conn::Activity;
 use crate::error::Error;
 use crate::headers::{set_xfcc, strip_hop_by_hop};
 use crate::listen::{
-    Shared, accept_loop, handshake_detail, handshake_reason, http_server, is_revoked, revoked,
-    until,
+    Shared, accept_loop, handshake_detail, handshake_reason, http_server, is_revoked, now_secs,
+    revoked, until, wind_down_at,
 };
 use crate::metrics::{AlpnLabels, OpenConnection, OutcomeLabels, PeerLabels};
 use crate::path::normalize;
@@ -178,6 +178,7 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
         .get_or_create(&AlpnLabels { alpn })
         .inc();
 
+    let connected_at = now_secs();
     let activity = Activity::new();
     let tunnels = Tunnels::new();
     let io = TokioIo::new(tls);
@@ -224,7 +225,20 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
             let _ = tokio::time::timeout(limits.header_read_timeout, conn.as_mut()).await;
             None
         }
-        () = until(peer.not_after) => Some("expired"),
+        () = until(wind_down_at(connected_at, peer.not_after)) => {
+            // The peer's SVID is about to expire: GOAWAY, so that its client moves new requests
+            // to a connection with its renewed SVID while those in flight finish here.
+            conn.as_mut().graceful_shutdown();
+            let drained = async {
+                let _ = conn.as_mut().await;
+                tunnels.finish().await;
+            };
+            tokio::select! {
+                () = drained => None,
+                () = until(peer.not_after) => Some("expired"),
+                () = revoked(&mut revocations, &peer.serial) => Some("revoked"),
+            }
+        }
         () = revoked(&mut revocations, &peer.serial) => Some("revoked"),
     };
     if let Some(outcome) = closed {

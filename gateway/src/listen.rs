@@ -123,10 +123,22 @@ pub(crate) fn http_server(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Completes at `not_after` (unix seconds).
 pub(crate) async fn until(not_after: u64) {
-    let now = SystemTime::now()
+    tokio::time::sleep(Duration::from_secs(not_after.saturating_sub(now_secs()))).await;
+}
+
+/// When a connection whose peer SVID ends at `not_after` stops taking new requests: a quarter of
+/// the time it had left at `connected_at` (unix seconds) before that, at most 30 s. Requests in
+/// flight then finish on it while new ones go to a connection with current SVIDs, so an expiry
+/// never cuts a request that started in time.
+pub(crate) fn wind_down_at(connected_at: u64, not_after: u64) -> u64 {
+    let grace = (not_after.saturating_sub(connected_at) / 4).min(30);
+    not_after.saturating_sub(grace)
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    tokio::time::sleep(Duration::from_secs(not_after.saturating_sub(now))).await;
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Completes when a new revocation list names `serial`; never if the agent stops publishing.

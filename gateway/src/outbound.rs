@@ -18,11 +18,13 @@ use hyper::http::uri::Authority;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshgate_identity::api::RevocationList;
 use meshgate_identity::svid::{Serial, check_leaf};
 use meshgate_identity::tls::{ALPN_H2, client_config};
 use meshgate_identity::verifier::SpiffeServerVerifier;
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, watch};
 use tokio_rustls::TlsConnector;
@@ -32,7 +34,8 @@ use crate::conn::Activity;
 use crate::error::Error;
 use crate::headers::{XFCC, strip_hop_by_hop};
 use crate::listen::{
-    Shared, accept_loop, handshake_detail, handshake_reason, http_server, is_revoked, revoked,
+    Shared, accept_loop, handshake_detail, handshake_reason, http_server, is_revoked, now_secs,
+    revoked, wind_down_at,
 };
 use crate::metrics::OpenConnection;
 use crate::reply::{Body, Refusal, full};
@@ -50,13 +53,32 @@ pub(crate) struct Outbound {
     pool: Mutex<Option<Pooled>>,
 }
 
-/// The HTTP/2 connection to the peer gateway, usable until its peer's SVID expires or is
-/// revoked.
+/// The HTTP/2 connection to the peer gateway. New requests go to it until its peer's SVID nears
+/// expiry or is revoked, or until our own SVID is renewed (the peer closes a connection when the
+/// client SVID it saw expires); then a new connection takes them, and requests in flight finish
+/// on this one, which closes once its last stream ends.
 #[derive(Debug)]
 struct Pooled {
     sender: SendRequest<Incoming>,
     peer_not_after: u64,
     peer_serial: Serial,
+    /// When the connection stops taking new requests (see `wind_down_at`).
+    retire_at: u64,
+    /// The credentials we presented: a connection made with older ones is retired.
+    own: Option<Arc<CertifiedKey>>,
+}
+
+impl Pooled {
+    fn usable(&self, own: Option<&Arc<CertifiedKey>>, revocations: &RevocationList) -> bool {
+        let same_own = match (&self.own, own) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        !self.sender.is_closed()
+            && same_own
+            && now_secs() < self.retire_at
+            && !is_revoked(revocations, &self.peer_serial)
+    }
 }
 
 impl Outbound {
@@ -87,10 +109,9 @@ impl Outbound {
     /// connection per route.
     async fn sender(&self) -> Result<(SendRequest<Incoming>, u64), Refusal> {
         let mut pool = self.pool.lock().await;
+        let own = self.shared.credentials.current();
         if let Some(p) = pool.as_ref()
-            && !p.sender.is_closed()
-            && now_secs() < p.peer_not_after
-            && !is_revoked(&self.shared.revocations.borrow(), &p.peer_serial)
+            && p.usable(own.as_ref(), &self.shared.revocations.borrow())
         {
             return Ok((p.sender.clone(), p.peer_not_after));
         }
@@ -114,6 +135,10 @@ impl Outbound {
 
     async fn connect(&self) -> Result<Pooled, Refusal> {
         let target = &self.route.target;
+        // Read before the handshake: if a renewal lands during it, the connection is retired at
+        // the next request, which costs a reconnection and nothing else.
+        let own = self.shared.credentials.current();
+        let connected_at = now_secs();
         let tcp = TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|e| {
@@ -206,6 +231,8 @@ impl Outbound {
             sender,
             peer_not_after,
             peer_serial,
+            retire_at: wind_down_at(connected_at, peer_not_after),
+            own,
         })
     }
 
@@ -393,10 +420,4 @@ async fn relay(
     Err(Refusal::BadGateway(
         "the peer gateway could not be reached".into(),
     ))
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// Address of /healthz and /metrics; must be a loopback address.
     #[arg(long, default_value = "127.0.0.1:9443")]
     admin: SocketAddr,
+    /// Lifetime of the SVIDs minted on enrollment and renewal (10s to 24h); agents renew at
+    /// half-life.
+    #[arg(long, default_value = "1h", value_parser = super::parse_duration_arg)]
+    svid_ttl: Duration,
     /// Enrollments per second per client address.
     #[arg(long, default_value = "1")]
     enroll_rate: NonZeroU32,
@@ -140,6 +144,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         enroll_burst: args.enroll_burst,
         sign_per_second: args.sign_rate,
         sign_burst: args.sign_burst,
+        svid_ttl: args.svid_ttl,
         ..ServeConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub sign_burst: NonZeroU32,
     /// How often the server looks for CLI changes and renewals due.
     pub maintenance_interval: Duration,
+    /// Lifetime of the SVIDs the server mints on enrollment and renewal.
+    pub svid_ttl: Duration,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
             sign_per_second: NonZeroU32::new(500).unwrap_or(NonZeroU32::MIN),
             sign_burst: NonZeroU32::new(500).unwrap_or(NonZeroU32::MIN),
             maintenance_interval: Duration::from_secs(2),
+            svid_ttl: crate::profile::LEAF_TTL,
         }
     }
 }
@@ -113,6 +116,7 @@ pub(crate) struct State {
 /// Opens the CA in `dir` and starts both listeners.
 pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaError> {
     let mut ca = Authority::open(dir)?;
+    ca.set_leaf_ttl(cfg.svid_ttl)?;
     let trust_domain = ca.trust_domain().to_string();
     let audit = CaAudit::open(dir)?;
     let now = OffsetDateTime::now_utc();

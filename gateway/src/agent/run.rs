@@ -35,8 +35,11 @@ impl Agent {
             }
             let now = now_secs();
             if now >= next_refresh {
+                let refreshed = self.refresh().await;
+                // The hint of the bundle just fetched: an enrolled agent's first bundle (PEM, from
+                // the enrollment answer) carries none.
                 let interval = refresh_interval(self.bundle.refresh_hint);
-                next_refresh = match self.refresh().await {
+                next_refresh = match refreshed {
                     Ok(()) => {
                         refresh_failures = 0;
                         now.saturating_add(interval.as_secs())

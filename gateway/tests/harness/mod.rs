@@ -51,6 +51,11 @@ pub struct Ca {
 
 impl Ca {
     pub async fn start() -> Self {
+        Self::start_with_svid_ttl(meshgate_ca::profile::LEAF_TTL).await
+    }
+
+    /// A CA server that mints SVIDs valid for `svid_ttl` (agents renew at half of it).
+    pub async fn start_with_svid_ttl(svid_ttl: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
         let td = TrustDomain::parse("bank.example").unwrap();
@@ -67,6 +72,7 @@ impl Ca {
             ServeConfig {
                 listen: local,
                 admin: local,
+                svid_ttl,
                 ..ServeConfig::default()
             },
         )
@@ -202,7 +208,11 @@ pub struct Pair {
 impl Pair {
     /// Starts the pair; `payments_extra` is added to the payments config (e.g. `[limits]`).
     pub async fn start(payments_extra: &str) -> Self {
-        let ca = Ca::start().await;
+        Self::start_on(Ca::start().await, payments_extra).await
+    }
+
+    /// The pair on a CA of the caller's.
+    pub async fn start_on(ca: Ca, payments_extra: &str) -> Self {
         let root = ca.dir.path().to_owned();
         let shop_agent = ca.enroll(SHOP, &root.join("shop")).await;
         let payments_agent = ca.enroll(PAYMENTS, &root.join("payments")).await;
@@ -269,10 +279,8 @@ impl Echo {
                     let service = service_fn(move |req: Request<Incoming>| {
                         count.fetch_add(1, Ordering::SeqCst);
                         async move {
-                            // Read the body, as a real service does. Unread, it makes hyper
-                            // close the connection after the answer, and the gateway's pooled
-                            // upstream connection can then fail a request now and then (502)
-                            // whatever the test is about.
+                            // Read the body, as a real service does (upstream_reuse.rs covers
+                            // services that do not).
                             let answer = echo(&req);
                             let _ = req.into_body().collect().await;
                             Ok::<_, std::convert::Infallible>(answer)
