@@ -88,11 +88,8 @@ impl TcpInbound {
         }
     }
 
-    /// Counts and audits a decision about `peer`.
-    fn record(&self, peer: &Peer, verdict: &Verdict, when: &'static str) {
-        self.shared
-            .metrics
-            .tcp_connection(DIRECTION, peer.id.as_str(), verdict.decision);
+    /// Audits a decision about `peer`, made at connect or after a policy reload.
+    fn audit(&self, peer: &Peer, verdict: &Verdict, when: &'static str) {
         if let Some(audit) = &self.shared.audit {
             audit.connection(&ConnectionEvent {
                 peer: &peer.id,
@@ -111,7 +108,7 @@ impl TcpInbound {
         while changes.changed().await.is_ok() {
             let verdict = self.decide(peer);
             if verdict.decision == "deny" {
-                self.record(peer, &verdict, "policy_reload");
+                self.audit(peer, &verdict, "policy_reload");
                 tracing::info!(addr = %peer.addr, peer = %peer.id, rule = verdict.rule.as_deref().unwrap_or("default deny"), "closing a TCP connection: the reloaded policy denies its peer");
                 return;
             }
@@ -192,7 +189,8 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<TcpInbound>) 
     // Taken before the decision, so that a reload right after it is not missed.
     let changes = inbound.policies.changes();
     let verdict = inbound.decide(&peer);
-    inbound.record(&peer, &verdict, "connect");
+    metrics.tcp_connection(DIRECTION, peer.id.as_str(), verdict.decision);
+    inbound.audit(&peer, &verdict, "connect");
     let log = |end: &str, spliced: Option<Spliced>| {
         let (from_client, to_client) = spliced.map_or((0, 0), |s| (s.from_client, s.to_client));
         tracing::info!(
