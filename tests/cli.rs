@@ -551,4 +551,30 @@ fn gateway_run_reads_the_readme_config_and_names_bad_values() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!stderr(&o).contains("not-a-token"), "{}", stderr(&o));
+
+    // The TCP-mode example, and the route snippet after it appended to the full example.
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    let tcp = blocks
+        .iter()
+        .find(|b| b.contains("mode = \"tcp\"") && b.contains("[inbound]"))
+        .unwrap();
+    fs::write(
+        tmp.path().join("policies/ledger-db.toml"),
+        "service = \"spiffe://bank.example/ns/ledger/sa/db\"\n[[allow]]\nname = \"the ledger\"\nfrom = [\"spiffe://bank.example/ns/ledger/sa/api\"]\n",
+    )
+    .unwrap();
+    fs::write(&config, tcp).unwrap();
+    let o = meshgate(&["gateway", "run", "--config", s(&config)]);
+    assert_exit(&o, 2, "--bootstrap-token");
+    let route = blocks
+        .iter()
+        .find(|b| b.starts_with("[[outbound]]") && b.contains("mode = \"tcp\""))
+        .unwrap();
+    fs::write(&config, format!("{example}{route}")).unwrap();
+    let o = meshgate(&["gateway", "run", "--config", s(&config)]);
+    assert_exit(&o, 2, "--bootstrap-token");
 }

@@ -153,6 +153,12 @@ pub enum Action {
     RequestAllow,
     /// A gateway refused a peer at the TLS handshake (no, untrusted, expired or revoked SVID).
     PeerReject,
+    /// A gateway in TCP mode refused a connection (policy at connect, or a policy reload that
+    /// closed it).
+    ConnectionDeny,
+    /// A gateway in TCP mode let a connection through (recorded when its config asks for allows
+    /// too).
+    ConnectionAllow,
     /// A gateway reloaded its policy files (outcome `failure` when the old policy stayed).
     PolicyReload,
 }

@@ -49,6 +49,19 @@ pub(crate) struct RequestEvent<'a> {
     pub status: u16,
 }
 
+/// One TCP-mode connection's decision, as the audit log tells it.
+#[derive(Debug)]
+pub(crate) struct ConnectionEvent<'a> {
+    pub peer: &'a SpiffeId,
+    pub source: SocketAddr,
+    /// `allow`, `dry_run` or `deny`.
+    pub decision: &'static str,
+    /// `connect`, or `policy_reload` when a reload closed a live connection.
+    pub when: &'static str,
+    pub rule: Option<&'a str>,
+    pub file: Option<&'a str>,
+}
+
 impl Audit {
     /// Opens (or creates) the log, repairing a torn tail left by a crash, and starts its writer
     /// thread.
@@ -107,6 +120,41 @@ impl Audit {
             event = event.with_detail("rule", rule);
         }
         if let Some(file) = r.file {
+            event = event.with_detail("file", file);
+        }
+        self.record(event);
+    }
+
+    /// A TCP-mode connection's decision: every refusal, a dry-run's would-be denial, and allows
+    /// when the config asks for them.
+    pub(crate) fn connection(&self, c: &ConnectionEvent<'_>) {
+        let (action, outcome, reason) = match (c.decision, c.when) {
+            ("allow", _) if !self.log_allows => return,
+            ("allow", _) => (Action::ConnectionAllow, Outcome::Success, "policy"),
+            ("dry_run", _) => (
+                Action::ConnectionAllow,
+                Outcome::Success,
+                "dry_run: the policy would deny this connection",
+            ),
+            (_, "policy_reload") => (Action::ConnectionDeny, Outcome::Denied, "policy_reload"),
+            _ => (Action::ConnectionDeny, Outcome::Denied, "policy"),
+        };
+        let mut event = AuditEvent::new(
+            Component::Gateway,
+            c.peer.as_str(),
+            action,
+            format!("{} tcp", self.own_id),
+            outcome,
+        )
+        .with_reason(reason)
+        .with_source(c.source.to_string())
+        .with_trust_domain(c.peer.trust_domain_str())
+        .with_detail("direction", "inbound")
+        .with_detail("decision", c.decision);
+        if let Some(rule) = c.rule {
+            event = event.with_detail("rule", rule);
+        }
+        if let Some(file) = c.file {
             event = event.with_detail("file", file);
         }
         self.record(event);

@@ -1,6 +1,7 @@
 //! Per-connection bookkeeping for the idle timeout: a connection is idle when no request has been
 //! in flight for the whole timeout. Request handlers hold an `InFlight` guard while they work.
-//! Bytes alone do not count: HTTP/2 keep-alive pings would keep a connection busy forever.
+//! On HTTP connections bytes alone do not count: HTTP/2 keep-alive pings would keep a connection
+//! busy forever. A TCP-mode connection has no requests, so there its bytes are what counts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +30,11 @@ impl Activity {
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Bytes moved on a TCP-mode connection: it is not idle now.
+    pub(crate) fn bytes_moved(&self) {
+        self.touch();
     }
 
     /// Marks a request in flight until the guard is dropped.

@@ -13,12 +13,14 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::agent::{Agent, CaUrl, KeyType};
 use crate::audit::Audit;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::error::Error;
 use crate::inbound::{self, Inbound};
+use crate::inbound_tcp::{self, TcpInbound};
 use crate::listen::Shared;
 use crate::metrics::Metrics;
 use crate::outbound::{self, Outbound};
+use crate::outbound_tcp::{self, TcpOutbound};
 use crate::policy::{self, PolicyStore};
 use crate::ratelimit::{self, RateLimits};
 
@@ -117,8 +119,18 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
     let mut rate_limits = None;
     if let Some(ib) = &config.inbound {
         let store = Arc::new(PolicyStore::load(ib.policy.clone())?);
-        let inbound = Arc::new(Inbound::new(shared.clone(), ib, store.clone())?);
-        rate_limits = Some(inbound.rate_limits()).filter(|r| !r.is_empty());
+        let inbound = match ib.mode {
+            Mode::Tcp => InboundKind::Tcp(Arc::new(TcpInbound::new(
+                shared.clone(),
+                ib,
+                store.clone(),
+            )?)),
+            _ => {
+                let inbound = Arc::new(Inbound::new(shared.clone(), ib, store.clone())?);
+                rate_limits = Some(inbound.rate_limits()).filter(|r| !r.is_empty());
+                InboundKind::Http(inbound)
+            }
+        };
         let listener = bind(ib.listen, "inbound").await?;
         inbound_addr = Some(local_addr(&listener, ib.listen, "inbound")?);
         inbound_task = Some((listener, inbound));
@@ -133,10 +145,11 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
             route.name.clone(),
             local_addr(&listener, route.listen, &what)?,
         ));
-        routes.push((
-            listener,
-            Arc::new(Outbound::new(shared.clone(), route.clone())?),
-        ));
+        let route = match route.mode {
+            Mode::Tcp => RouteKind::Tcp(Arc::new(TcpOutbound::new(shared.clone(), route.clone())?)),
+            _ => RouteKind::Http(Arc::new(Outbound::new(shared.clone(), route.clone())?)),
+        };
+        routes.push((listener, route));
     }
 
     tasks.push(tokio::spawn(admin::serve(
@@ -144,12 +157,22 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
         shared.clone(),
         stop.clone(),
     )));
-    if let Some((listener, inbound)) = inbound_task {
-        tasks.push(tokio::spawn(inbound::serve(
-            listener,
-            inbound,
-            stop.clone(),
-        )));
+    match inbound_task {
+        Some((listener, InboundKind::Http(inbound))) => {
+            tasks.push(tokio::spawn(inbound::serve(
+                listener,
+                inbound,
+                stop.clone(),
+            )));
+        }
+        Some((listener, InboundKind::Tcp(inbound))) => {
+            tasks.push(tokio::spawn(inbound_tcp::serve(
+                listener,
+                inbound,
+                stop.clone(),
+            )));
+        }
+        None => {}
     }
     if let Some(store) = &policies {
         tasks.push(tokio::spawn(policy::watch_files(
@@ -163,7 +186,10 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
         tasks.push(tokio::spawn(sweep_rate_limits(limits, stop.clone())));
     }
     for (listener, route) in routes {
-        tasks.push(tokio::spawn(outbound::serve(listener, route, stop.clone())));
+        tasks.push(match route {
+            RouteKind::Http(r) => tokio::spawn(outbound::serve(listener, r, stop.clone())),
+            RouteKind::Tcp(r) => tokio::spawn(outbound_tcp::serve(listener, r, stop.clone())),
+        });
     }
     tracing::info!(
         spiffe_id = %config.spiffe_id,
@@ -214,6 +240,18 @@ pub async fn run(
     let result = agent.run(shutdown).await;
     gateway.shutdown().await;
     result
+}
+
+/// The inbound listener of either mode.
+enum InboundKind {
+    Http(Arc<Inbound>),
+    Tcp(Arc<TcpInbound>),
+}
+
+/// An outbound route of either mode.
+enum RouteKind {
+    Http(Arc<Outbound>),
+    Tcp(Arc<TcpOutbound>),
 }
 
 /// Drops the buckets of quiet peers now and then, until `stop`.

@@ -18,14 +18,11 @@ use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshgate_identity::SpiffeId;
-use meshgate_identity::svid::{Serial, check_leaf};
 use meshgate_identity::tls::{ALPN_H2, ALPN_HTTP11, server_config};
 use meshgate_identity::verifier::SpiffeClientVerifier;
 use meshgate_policy::{Effect, PolicySet};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::audit::RequestEvent;
 use crate::body;
@@ -33,12 +30,10 @@ use crate::config::{Inbound as InboundConfig, Target, UpstreamProtocol};
 use crate::conn::Activity;
 use crate::error::Error;
 use crate::headers::{set_xfcc, strip_hop_by_hop};
-use crate::listen::{
-    Shared, accept_loop, handshake_detail, handshake_reason, http_server, is_revoked, now_secs,
-    revoked, until, wind_down_at,
-};
+use crate::listen::{Shared, accept_loop, http_server, now_secs, revoked, until, wind_down_at};
 use crate::metrics::{AlpnLabels, OpenConnection, OutcomeLabels, PeerLabels};
 use crate::path::normalize;
+use crate::peer::{self, Accepted, Peer};
 use crate::policy::PolicyStore;
 use crate::ratelimit::RateLimits;
 use crate::reply::{Body, Refusal};
@@ -55,16 +50,6 @@ pub(crate) struct Inbound {
     upstream: Target,
     client: Client<HttpConnector, Body>,
     tls: Arc<rustls::ServerConfig>,
-}
-
-/// The authenticated peer of a connection, read once from its verified leaf.
-#[derive(Debug)]
-struct Peer {
-    id: SpiffeId,
-    addr: SocketAddr,
-    serial: Serial,
-    not_after: u64,
-    sha256: [u8; 32],
 }
 
 impl Inbound {
@@ -124,53 +109,15 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
     let metrics = &shared.metrics;
     let _open = OpenConnection::new(metrics, DIRECTION);
     let limits = &shared.limits;
-    let tls = match tokio::time::timeout(
-        limits.handshake_timeout,
-        TlsAcceptor::from(inbound.tls.clone()).accept(tcp),
-    )
-    .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let reason = handshake_reason(&e);
-            metrics.handshake_failure(DIRECTION, reason);
-            tracing::debug!(%addr, "inbound TLS handshake failed: {}", handshake_detail(&e));
-            // A client that went away or aborted is not a refusal; the rest are audited.
-            if !matches!(reason, "io" | "alert_received") {
-                reject(shared, addr, None, reason);
-            }
-            return;
-        }
-        Err(_) => {
-            metrics.handshake_failure(DIRECTION, "timeout");
-            return;
-        }
+    let Some(Accepted {
+        tls,
+        peer,
+        mut revocations,
+    }) = peer::accept(tcp, addr, shared, inbound.tls.clone(), DIRECTION).await
+    else {
+        return;
     };
     let session = &tls.get_ref().1;
-    // The verifier checked the chain; this reads what the leaf says.
-    let Some(info) = session
-        .peer_certificates()
-        .and_then(<[_]>::first)
-        .and_then(|leaf| check_leaf(leaf).ok())
-    else {
-        metrics.handshake_failure(DIRECTION, "invalid_svid");
-        reject(shared, addr, None, "invalid_svid");
-        return;
-    };
-    let peer = Arc::new(Peer {
-        id: info.spiffe_id,
-        addr,
-        serial: info.serial,
-        not_after: info.not_after,
-        sha256: info.sha256,
-    });
-    let mut revocations = shared.revocations.clone();
-    if is_revoked(&revocations.borrow_and_update(), &peer.serial) {
-        metrics.handshake_failure(DIRECTION, "revoked");
-        tracing::info!(%addr, peer = %peer.id, serial = %peer.serial, "refused a revoked SVID");
-        reject(shared, addr, Some(&peer.id), "revoked");
-        return;
-    }
     let h2 = session.alpn_protocol() == Some(ALPN_H2);
     let alpn = if h2 { "h2" } else { "http/1.1" };
     metrics
@@ -247,14 +194,6 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         tracing::info!(%addr, peer = %peer.id, serial = %peer.serial, "closed the connection: the peer's SVID is {outcome}");
-    }
-}
-
-/// A peer refused at the handshake, in the audit log.
-fn reject(shared: &Shared, addr: SocketAddr, peer: Option<&SpiffeId>, reason: &'static str) {
-    if let Some(audit) = &shared.audit {
-        let source = addr.to_string();
-        audit.peer_reject(DIRECTION, peer, shared.own_id.as_str(), &source, reason);
     }
 }
 

@@ -173,8 +173,12 @@ pub(crate) fn handshake_reason(e: &std::io::Error) -> &'static str {
             _ => "invalid_svid",
         },
         E::InvalidCertificate(_) => "invalid_svid",
+        // No common ALPN protocol: the peer runs the other mode (HTTP or TCP), or is no
+        // gateway. Told apart from other alerts because it is a configuration mismatch.
+        E::NoApplicationProtocol
+        | E::AlertReceived(rustls::AlertDescription::NoApplicationProtocol) => "alpn",
         E::AlertReceived(_) => "alert_received",
-        E::NoApplicationProtocol | E::PeerIncompatible(_) | E::PeerMisbehaved(_) => "protocol",
+        E::PeerIncompatible(_) | E::PeerMisbehaved(_) => "protocol",
         _ => "other",
     }
 }
@@ -182,6 +186,11 @@ pub(crate) fn handshake_reason(e: &std::io::Error) -> &'static str {
 /// What went wrong in a handshake, in words (the SPIFFE verifiers' own message when they
 /// refused the peer).
 pub(crate) fn handshake_detail(e: &std::io::Error) -> String {
+    if handshake_reason(e) == "alpn" {
+        return format!(
+            "{e}: no common ALPN protocol; an HTTP-mode and a TCP-mode gateway (mode = \"http\" or \"tcp\") never connect, check that the route's mode is the mode of the inbound it targets"
+        );
+    }
     let peer = e
         .get_ref()
         .and_then(|i| i.downcast_ref::<rustls::Error>())

@@ -45,6 +45,24 @@ pub(crate) struct PeerLabels {
     pub peer: String,
 }
 
+/// A TCP-mode connection: the peer is the caller's SPIFFE ID inbound, the route's expected
+/// peer outbound; the decision is the policy's inbound, `none` outbound (as for requests).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TcpLabels {
+    pub direction: &'static str,
+    pub peer: String,
+    pub decision: &'static str,
+}
+
+/// `flow` is `client_to_server` (from the side that connected: the peer gateway inbound, the
+/// app outbound) or `server_to_client`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BytesLabels {
+    pub direction: &'static str,
+    pub peer: String,
+    pub flow: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DroppedLabels {
     pub reason: &'static str,
@@ -64,6 +82,9 @@ pub(crate) struct Metrics {
     pub policy_reloads: Family<OutcomeLabels, Counter>,
     pub rate_limited: Family<PeerLabels, Counter>,
     pub audit_dropped: Family<DroppedLabels, Counter>,
+    pub tcp_connections: Family<TcpLabels, Counter>,
+    pub tcp_bytes: Family<BytesLabels, Counter>,
+    pub tcp_connect_failures: Family<DirectionLabels, Counter>,
     pub svid_expiry: Gauge,
     pub bundle_sequence: Gauge,
 }
@@ -85,6 +106,9 @@ impl Default for Metrics {
             policy_reloads: Family::default(),
             rate_limited: Family::default(),
             audit_dropped: Family::default(),
+            tcp_connections: Family::default(),
+            tcp_bytes: Family::default(),
+            tcp_connect_failures: Family::default(),
             svid_expiry: Gauge::default(),
             bundle_sequence: Gauge::default(),
         }
@@ -126,7 +150,7 @@ impl Metrics {
         );
         r.register(
             "peer_connections_closed",
-            "Inbound connections closed because the peer's SVID expired or was revoked",
+            "Inbound connections closed because the peer's SVID expired or was revoked, or (TCP mode) a policy reload denied it",
             self.closed_peers.clone(),
         );
         r.register(
@@ -143,6 +167,21 @@ impl Metrics {
             "audit_dropped",
             "Audit events not written: queue_full (the log records the gap and its count) or writer_failed",
             self.audit_dropped.clone(),
+        );
+        r.register(
+            "tcp_connections",
+            "TCP-mode connections by direction, peer SPIFFE ID and policy decision (none outbound)",
+            self.tcp_connections.clone(),
+        );
+        r.register(
+            "tcp_bytes",
+            "Bytes carried by TCP-mode connections, by direction, peer SPIFFE ID and flow",
+            self.tcp_bytes.clone(),
+        );
+        r.register(
+            "tcp_connect_failures",
+            "TCP-mode connections dropped because the next hop (the local service inbound, the peer gateway outbound) could not be reached",
+            self.tcp_connect_failures.clone(),
         );
         r.register(
             "svid_expiry_seconds",
@@ -176,6 +215,43 @@ impl Metrics {
         self.request_duration
             .get_or_create(&DirectionLabels { direction })
             .observe(seconds);
+    }
+
+    /// A TCP-mode connection's decision (at connect) and, once it ends, its bytes.
+    pub(crate) fn tcp_connection(
+        &self,
+        direction: &'static str,
+        peer: &str,
+        decision: &'static str,
+    ) {
+        self.tcp_connections
+            .get_or_create(&TcpLabels {
+                direction,
+                peer: peer.to_owned(),
+                decision,
+            })
+            .inc();
+    }
+
+    pub(crate) fn tcp_bytes(
+        &self,
+        direction: &'static str,
+        peer: &str,
+        from_client: u64,
+        to_client: u64,
+    ) {
+        for (flow, bytes) in [
+            ("client_to_server", from_client),
+            ("server_to_client", to_client),
+        ] {
+            self.tcp_bytes
+                .get_or_create(&BytesLabels {
+                    direction,
+                    peer: peer.to_owned(),
+                    flow,
+                })
+                .inc_by(bytes);
+        }
     }
 
     pub(crate) fn handshake_failure(&self, direction: &'static str, reason: &'static str) {

@@ -19,23 +19,19 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_identity::api::RevocationList;
-use meshgate_identity::svid::{Serial, check_leaf};
-use meshgate_identity::tls::{ALPN_H2, client_config};
-use meshgate_identity::verifier::SpiffeServerVerifier;
-use rustls::client::ResolvesClientCert;
-use rustls::pki_types::ServerName;
+use meshgate_identity::svid::Serial;
+use meshgate_identity::tls::ALPN_H2;
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, watch};
-use tokio_rustls::TlsConnector;
 
 use crate::config::Route;
 use crate::conn::Activity;
+use crate::dial::{Dialed, Dialer};
 use crate::error::Error;
 use crate::headers::{XFCC, strip_hop_by_hop};
 use crate::listen::{
-    Shared, accept_loop, handshake_detail, handshake_reason, http_server, is_revoked, now_secs,
-    revoked, wind_down_at,
+    Shared, accept_loop, http_server, is_revoked, now_secs, revoked, wind_down_at,
 };
 use crate::metrics::OpenConnection;
 use crate::reply::{Body, Refusal, full};
@@ -48,8 +44,7 @@ const DIRECTION: &str = "outbound";
 pub(crate) struct Outbound {
     shared: Arc<Shared>,
     route: Route,
-    tls: Arc<rustls::ClientConfig>,
-    server_name: ServerName<'static>,
+    dialer: Dialer,
     pool: Mutex<Option<Pooled>>,
 }
 
@@ -83,23 +78,11 @@ impl Pooled {
 
 impl Outbound {
     pub(crate) fn new(shared: Arc<Shared>, route: Route) -> Result<Self, Error> {
-        let verifier =
-            SpiffeServerVerifier::new(shared.bundles.clone(), route.expected_peer.clone());
-        let certs = shared.credentials.clone() as Arc<dyn ResolvesClientCert>;
-        let tls = client_config(Arc::new(verifier), Some(certs), &[ALPN_H2])?;
-        let server_name = route
-            .target
-            .server_name()
-            .ok_or_else(|| Error::ConfigValue {
-                key: format!("outbound {}: target", route.name),
-                value: route.target.authority.clone(),
-                reason: "the host is not a DNS name or an IP address".into(),
-            })?;
+        let dialer = Dialer::new(shared.clone(), route.clone(), ALPN_H2)?;
         Ok(Self {
             shared,
             route,
-            tls: Arc::new(tls),
-            server_name,
+            dialer,
             pool: Mutex::new(None),
         })
     }
@@ -134,73 +117,16 @@ impl Outbound {
     }
 
     async fn connect(&self) -> Result<Pooled, Refusal> {
-        let target = &self.route.target;
         // Read before the handshake: if a renewal lands during it, the connection is retired at
         // the next request, which costs a reconnection and nothing else.
         let own = self.shared.credentials.current();
         let connected_at = now_secs();
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| {
-                Refusal::BadGateway(format!(
-                    "cannot connect to the peer gateway {}: {e}",
-                    target.authority
-                ))
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let tls = TlsConnector::from(self.tls.clone())
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| {
-                let reason = handshake_reason(&e);
-                self.shared.metrics.handshake_failure(DIRECTION, reason);
-                // We refused the peer gateway (not a network failure): audited.
-                if let Some(audit) = &self.shared.audit
-                    && !matches!(reason, "io" | "alert_received")
-                {
-                    let subject = format!("route {} to {}", self.route.name, self.route.expected_peer);
-                    audit.peer_reject(DIRECTION, None, &subject, &target.authority, reason);
-                }
-                let e = handshake_detail(&e);
-                tracing::warn!(route = %self.route.name, target = %target.authority, "mTLS to the peer gateway failed: {e}");
-                Refusal::BadGateway(format!(
-                    "mTLS with the peer gateway {} (expected {}) failed: {e}",
-                    target.authority, self.route.expected_peer
-                ))
-            })?;
-        let session = &tls.get_ref().1;
-        if session.alpn_protocol() != Some(ALPN_H2) {
-            return Err(Refusal::BadGateway(format!(
-                "the peer gateway {} did not agree to HTTP/2",
-                target.authority
-            )));
-        }
-        // The verifier checked the chain; this reads what the leaf says.
-        let Some(info) = session
-            .peer_certificates()
-            .and_then(<[_]>::first)
-            .and_then(|leaf| check_leaf(leaf).ok())
-        else {
-            self.shared
-                .metrics
-                .handshake_failure(DIRECTION, "invalid_svid");
-            self.reject(Some(&self.route.expected_peer), "invalid_svid");
-            return Err(Refusal::BadGateway(format!(
-                "the peer gateway {} presented an unreadable SVID",
-                target.authority
-            )));
-        };
-        let (peer_not_after, peer_serial) = (info.not_after, info.serial);
-        let mut revocations = self.shared.revocations.clone();
-        if is_revoked(&revocations.borrow_and_update(), &peer_serial) {
-            self.shared.metrics.handshake_failure(DIRECTION, "revoked");
-            self.reject(Some(&info.spiffe_id), "revoked");
-            tracing::warn!(route = %self.route.name, target = %target.authority, peer = %info.spiffe_id, serial = %peer_serial, "refused the peer gateway: its SVID is revoked");
-            return Err(Refusal::BadGateway(format!(
-                "the peer gateway {} presented a revoked SVID",
-                target.authority
-            )));
-        }
+        let Dialed {
+            tls,
+            peer,
+            mut revocations,
+        } = self.dialer.dial().await?;
+        let (peer_not_after, peer_serial) = (peer.not_after, peer.serial);
         let max_header = u32::try_from(self.shared.limits.max_header_bytes).unwrap_or(u32::MAX);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -226,7 +152,6 @@ impl Outbound {
                 }
             }
         });
-        tracing::debug!(route = %self.route.name, target = %target.authority, "connected to the peer gateway");
         Ok(Pooled {
             sender,
             peer_not_after,
@@ -234,20 +159,6 @@ impl Outbound {
             retire_at: wind_down_at(connected_at, peer_not_after),
             own,
         })
-    }
-
-    /// A peer gateway refused after the handshake, in the audit log.
-    fn reject(&self, peer: Option<&meshgate_identity::SpiffeId>, reason: &'static str) {
-        if let Some(audit) = &self.shared.audit {
-            let subject = format!("route {} to {}", self.route.name, self.route.expected_peer);
-            audit.peer_reject(
-                DIRECTION,
-                peer,
-                &subject,
-                &self.route.target.authority,
-                reason,
-            );
-        }
     }
 }
 

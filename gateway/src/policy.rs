@@ -23,6 +23,9 @@ pub struct PolicyStore {
     current: RwLock<Arc<PolicySet>>,
     /// What the files looked like when last read.
     stamps: Mutex<Vec<Stamp>>,
+    /// Bumped after each successful reload, so that TCP-mode connections, decided once at
+    /// connect, are decided again under the new set.
+    generation: watch::Sender<u64>,
 }
 
 /// A file's modification time and length; `None` when it could not be read.
@@ -37,6 +40,7 @@ impl PolicyStore {
             files,
             current: RwLock::new(Arc::new(set)),
             stamps: Mutex::new(stamps),
+            generation: watch::Sender::new(0),
         })
     }
 
@@ -53,7 +57,13 @@ impl PolicyStore {
         *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
         let set = compile(&self.files)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
         Ok(())
+    }
+
+    /// Changes each time a reload puts a new set in force.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// True when a file's modification time or length is not what it was at the last read.

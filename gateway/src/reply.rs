@@ -52,7 +52,7 @@ impl Refusal {
         }
     }
 
-    fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             Self::Forbidden => {
                 "the policy of this service does not allow this request from your identity"

@@ -19,6 +19,11 @@ use crate::verifier::SpiffeClientVerifier;
 /// ALPN protocol ids.
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// A gateway's TCP-mode hop: raw bytes after the handshake. It is offered alone, and an HTTP
+/// listener never offers it, so a TCP-mode client and an HTTP-mode server (or the reverse) fail
+/// the handshake with `no_application_protocol` instead of one reading the other's bytes as its
+/// own protocol.
+pub const ALPN_TCP: &[u8] = b"meshgate-tcp/1";
 
 /// The crypto provider of every config: ring.
 pub fn provider() -> Arc<CryptoProvider> {

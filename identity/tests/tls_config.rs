@@ -261,3 +261,30 @@ fn certified_key_from_pem_rejects_bad_input_without_panicking() {
         assert!(matches!(err, Error::Tls(_)), "{err:?}");
     }
 }
+
+#[test]
+fn tcp_mode_and_http_mode_never_complete_a_handshake_with_each_other() {
+    let world = World::new();
+    let creds = || Some(world.credentials(&Leaf::new(CLIENT)));
+    let server = |alpn: &[&[u8]]| {
+        let creds = world.credentials(&Leaf::new(SERVER));
+        Arc::new(tls::server_config(creds, Arc::new(world.mandatory()), alpn).unwrap())
+    };
+    let client = |alpn: &[&[u8]], creds: Option<Arc<Credentials>>| {
+        let mut config = world.client(SERVER, creds);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    };
+    let http: &[&[u8]] = &[tls::ALPN_H2, tls::ALPN_HTTP11];
+    let tcp: &[&[u8]] = &[tls::ALPN_TCP];
+
+    let (c, _) = handshake(&client(tcp, creds()), &server(tcp)).unwrap();
+    assert_eq!(c.alpn_protocol(), Some(tls::ALPN_TCP));
+    // Either way round, the server finds no common protocol and says so.
+    for (c, s) in [(tcp, http), (http, tcp), (&[tls::ALPN_H2][..], tcp)] {
+        match handshake(&client(c, creds()), &server(s)) {
+            Err(Failed::Server(rustls::Error::NoApplicationProtocol)) => {}
+            other => panic!("{c:?} against {s:?}: {:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -55,14 +55,21 @@ impl AuditLog {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     pub listen: SocketAddr,
-    /// The local service, spoken to in plain HTTP/1.1 or h2c (`upstream.protocol`).
+    /// The local service: in HTTP mode spoken to in plain HTTP/1.1 or h2c
+    /// (`upstream.protocol`), in TCP mode given the connection's bytes.
     pub upstream: Target,
     /// The policy files, decided as one set.
     pub policy: Vec<PathBuf>,
+    /// HTTP requests decided one by one, or TCP connections decided at connect.
+    pub mode: Mode,
+    /// TCP mode only: the header written to the local service before the peer's bytes, so that
+    /// it learns the peer's address and SPIFFE ID (HTTP mode says so in XFCC instead).
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
-/// A plain HTTP listener on loopback for the local app, tunnelled over mTLS and HTTP/2 to the
-/// gateway of another service.
+/// A loopback listener for the local app, tunnelled over mTLS to the gateway of another
+/// service: HTTP requests over one pooled HTTP/2 connection, or (TCP mode) each TCP connection
+/// over an mTLS connection of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub name: String,
@@ -70,6 +77,29 @@ pub struct Route {
     pub target: Target,
     /// The SPIFFE ID the target gateway must present.
     pub expected_peer: SpiffeId,
+    /// Must be the mode of the target gateway's inbound: the two modes offer different ALPN
+    /// protocols, so a mismatch fails the handshake.
+    pub mode: Mode,
+}
+
+/// What a listener carries (`mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// HTTP requests, each decided by the policy (`"http"`, the default).
+    #[default]
+    Http,
+    /// TCP connections (`"tcp"`): the policy decides once, at connect, on the peer's identity;
+    /// then bytes are copied both ways until either side closes.
+    Tcp,
+}
+
+/// The PROXY protocol header a TCP-mode inbound sends to its local service (`proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyProtocol {
+    /// HAProxy's binary version 2 (`"v2"`), with the peer's SPIFFE ID in a TLV.
+    V2,
 }
 
 /// `host:port` of a peer gateway, or of the inbound's local service.

@@ -11,8 +11,8 @@ use meshgate_policy::IdPattern;
 use serde::Deserialize;
 
 use super::{
-    AuditLog, Config, DEFAULT_ADMIN, Inbound, Limits, MAX_HEADER_BYTES, MIN_HEADER_BYTES,
-    RateLimit, Route, Target, UpstreamProtocol,
+    AuditLog, Config, DEFAULT_ADMIN, Inbound, Limits, MAX_HEADER_BYTES, MIN_HEADER_BYTES, Mode,
+    ProxyProtocol, RateLimit, Route, Target, UpstreamProtocol,
 };
 use crate::agent::CaUrl;
 use crate::error::Error;
@@ -44,10 +44,15 @@ struct RawCa {
 #[serde(deny_unknown_fields)]
 struct RawInbound {
     listen: String,
+    /// `http://host:port` in HTTP mode, `host:port` in TCP mode.
     upstream: String,
     policy: Vec<PathBuf>,
-    /// `"http1"` (default) or `"h2c"`.
+    /// `"http"` (default) or `"tcp"`.
+    mode: Option<String>,
+    /// HTTP mode: `"http1"` (default) or `"h2c"`.
     upstream_protocol: Option<String>,
+    /// TCP mode: `"v2"`, or absent for none.
+    proxy_protocol: Option<String>,
     /// Lets the upstream be another machine, reached in plain text.
     #[serde(default)]
     dangerous_remote_upstream: bool,
@@ -60,6 +65,8 @@ struct RawRoute {
     listen: String,
     target: String,
     expected_peer: String,
+    /// `"http"` (default) or `"tcp"`; must match the target's inbound.
+    mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +179,12 @@ impl RawConfig {
                 "[[rate_limit]] limits requests on the inbound listener, but the config has no [inbound]".into(),
             ));
         }
+        if inbound.as_ref().is_some_and(|ib| ib.mode == Mode::Tcp) && !limits.rate_limits.is_empty()
+        {
+            return Err(Error::Config(
+                "[[rate_limit]] limits HTTP requests, and an inbound in mode \"tcp\" has none; limit its connections with limits.max_connections".into(),
+            ));
+        }
         Ok(Config {
             spiffe_id,
             state_dir: self.state_dir,
@@ -191,19 +204,45 @@ impl RawConfig {
 impl RawInbound {
     fn check(self) -> Result<Inbound, Error> {
         let listen = socket_addr("inbound.listen", &self.listen)?;
-        let protocol = match self.upstream_protocol.as_deref() {
-            None | Some("http1") => UpstreamProtocol::Http1,
-            Some("h2c") => UpstreamProtocol::H2c,
-            Some(other) => {
+        let mode = mode("inbound.mode", self.mode.as_deref())?;
+        let protocol = match (mode, self.upstream_protocol.as_deref()) {
+            (_, None) | (Mode::Http, Some("http1")) => UpstreamProtocol::Http1,
+            (Mode::Http, Some("h2c")) => UpstreamProtocol::H2c,
+            (Mode::Http, Some(other)) => {
                 return Err(bad(
                     "inbound.upstream_protocol",
                     other,
                     "expected \"http1\" (HTTP/1.1) or \"h2c\" (HTTP/2 with prior knowledge, for gRPC)",
                 ));
             }
+            (_, Some(other)) => {
+                return Err(bad(
+                    "inbound.upstream_protocol",
+                    other,
+                    "in mode \"tcp\" the service gets the connection's bytes as they are; remove upstream_protocol",
+                ));
+            }
+        };
+        let proxy_protocol = match (mode, self.proxy_protocol.as_deref()) {
+            (_, None) => None,
+            (Mode::Tcp, Some("v2")) => Some(ProxyProtocol::V2),
+            (Mode::Tcp, Some(other)) => {
+                return Err(bad(
+                    "inbound.proxy_protocol",
+                    other,
+                    "expected \"v2\" (HAProxy's binary PROXY protocol), or no proxy_protocol",
+                ));
+            }
+            (_, Some(other)) => {
+                return Err(bad(
+                    "inbound.proxy_protocol",
+                    other,
+                    "only an inbound in mode \"tcp\" sends a PROXY header; in HTTP mode the peer's identity is in x-forwarded-client-cert",
+                ));
+            }
         };
         let upstream =
-            upstream(&self.upstream, self.dangerous_remote_upstream)?.with_protocol(protocol);
+            upstream(&self.upstream, mode, self.dangerous_remote_upstream)?.with_protocol(protocol);
         if self.policy.is_empty() {
             return Err(bad(
                 "inbound.policy",
@@ -215,6 +254,8 @@ impl RawInbound {
             listen,
             upstream,
             policy: self.policy,
+            mode,
+            proxy_protocol,
         })
     }
 }
@@ -245,11 +286,13 @@ impl RawRoute {
         let target =
             Target::parse(&self.target).map_err(|r| bad(key("target"), &self.target, r))?;
         let expected_peer = workload_id(&key("expected_peer"), &self.expected_peer)?;
+        let mode = mode(&key("mode"), self.mode.as_deref())?;
         Ok(Route {
             name: self.name,
             listen,
             target,
             expected_peer,
+            mode,
         })
     }
 }
@@ -351,18 +394,44 @@ fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Durat
     Ok(d)
 }
 
-/// `http://127.0.0.1:PORT` (or `localhost`, or `[::1]`); another host only with the dangerous
-/// knob, since the hop to the upstream is plain text.
-fn upstream(value: &str, remote_ok: bool) -> Result<Target, Error> {
-    let key = "inbound.upstream";
-    let rest = value.strip_prefix("http://").ok_or_else(|| {
-        bad(
+fn mode(key: &str, value: Option<&str>) -> Result<Mode, Error> {
+    match value {
+        None | Some("http") => Ok(Mode::Http),
+        Some("tcp") => Ok(Mode::Tcp),
+        Some(other) => Err(bad(
             key,
-            value,
-            "expected http://127.0.0.1:PORT (plain HTTP/1.1 or h2c to the local service)",
-        )
-    })?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
+            other,
+            "expected \"http\" (requests decided one by one) or \"tcp\" (connections decided at connect)",
+        )),
+    }
+}
+
+/// `http://127.0.0.1:PORT` in HTTP mode, `127.0.0.1:PORT` in TCP mode (or `localhost`, or
+/// `[::1]`); another host only with the dangerous knob, since the hop to it is plain text.
+fn upstream(value: &str, mode: Mode, remote_ok: bool) -> Result<Target, Error> {
+    let key = "inbound.upstream";
+    let authority = match mode {
+        Mode::Tcp => {
+            if value.contains("://") {
+                return Err(bad(
+                    key,
+                    value,
+                    "in mode \"tcp\" the upstream is host:port, such as 127.0.0.1:5432 (no scheme)",
+                ));
+            }
+            value
+        }
+        _ => {
+            let rest = value.strip_prefix("http://").ok_or_else(|| {
+                bad(
+                    key,
+                    value,
+                    "expected http://127.0.0.1:PORT (plain HTTP/1.1 or h2c to the local service)",
+                )
+            })?;
+            rest.strip_suffix('/').unwrap_or(rest)
+        }
+    };
     let target = Target::parse(authority).map_err(|r| bad(key, value, r))?;
     if authority.contains(['/', '?', '#', '@', '%']) {
         return Err(bad(key, value, "expected only a scheme, a host and a port"));

@@ -127,6 +127,8 @@ fn with(extra: &str) -> String {
 
 const INBOUND: &str = "[inbound]\nlisten = \"0.0.0.0:1\"\nupstream = \"http://127.0.0.1:80\"\npolicy = [\"p.toml\"]\n";
 
+const TCP_INBOUND: &str = "[inbound]\nlisten = \"0.0.0.0:1\"\nupstream = \"127.0.0.1:5432\"\npolicy = [\"p.toml\"]\nmode = \"tcp\"\n";
+
 const ROUTE: &str = "[[outbound]]\nname = \"p\"\nlisten = \"127.0.0.1:1\"\ntarget = \"p:1\"\nexpected_peer = \"spiffe://bank.example/p\"\n";
 
 #[test]
@@ -228,6 +230,37 @@ fn each_value_rule_names_key_and_value() {
             )),
             "no [inbound]",
         ),
+        (with(&format!("{INBOUND}mode = \"udp\"\n")), "inbound.mode"),
+        (
+            with(&format!("{ROUTE}mode = \"tls\"\n")),
+            "outbound[0].mode",
+        ),
+        (
+            with(&format!("{INBOUND}proxy_protocol = \"v2\"\n")),
+            "x-forwarded-client-cert",
+        ),
+        (
+            with(&format!("{TCP_INBOUND}proxy_protocol = \"v1\"\n")),
+            "\"v2\"",
+        ),
+        (
+            with(&format!("{TCP_INBOUND}upstream_protocol = \"h2c\"\n")),
+            "inbound.upstream_protocol",
+        ),
+        (
+            with(&TCP_INBOUND.replace("127.0.0.1:5432", "http://127.0.0.1:5432")),
+            "no scheme",
+        ),
+        (
+            with(&TCP_INBOUND.replace("127.0.0.1:5432", "10.1.1.1:5432")),
+            "dangerous_remote_upstream",
+        ),
+        (
+            with(&format!(
+                "{TCP_INBOUND}[[rate_limit]]\npeer = \"spiffe://bank.example/a\"\nrate = 1\n"
+            )),
+            "limits.max_connections",
+        ),
     ];
     for (text, needle) in cases {
         let e = err(&text);
@@ -242,4 +275,25 @@ fn a_remote_upstream_needs_the_dangerous_knob() {
     ))
     .unwrap();
     assert_eq!(c.inbound.unwrap().upstream.authority, "10.1.1.1:80");
+}
+
+#[test]
+fn tcp_mode_on_both_sides() {
+    let c = Config::parse(&with(&format!(
+        "{TCP_INBOUND}proxy_protocol = \"v2\"\n{ROUTE}mode = \"tcp\"\n"
+    )))
+    .unwrap();
+    let inbound = c.inbound.unwrap();
+    assert_eq!(inbound.mode, Mode::Tcp);
+    assert_eq!(inbound.proxy_protocol, Some(ProxyProtocol::V2));
+    assert_eq!(
+        (inbound.upstream.host.as_str(), inbound.upstream.port),
+        ("127.0.0.1", 5432)
+    );
+    assert_eq!(c.outbound[0].mode, Mode::Tcp);
+    // The defaults: HTTP, no PROXY header.
+    let c = Config::parse(&with(&format!("{INBOUND}{ROUTE}"))).unwrap();
+    let inbound = c.inbound.unwrap();
+    assert_eq!((inbound.mode, inbound.proxy_protocol), (Mode::Http, None));
+    assert_eq!(c.outbound[0].mode, Mode::Http);
 }

@@ -27,7 +27,7 @@ use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshgate_ca::Authority;
 use meshgate_ca::server::{RunningServer, ServeConfig, start as start_ca};
-use meshgate_gateway::config::{AuditLog, Config, Inbound, Limits, Route, Target};
+use meshgate_gateway::config::{AuditLog, Config, Inbound, Limits, Mode, Route, Target};
 use meshgate_gateway::{Agent, KeyType, RunningGateway};
 use meshgate_identity::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
@@ -112,7 +112,7 @@ impl Kit {
         }
     }
 
-    fn state_dir(&self, id: &str) -> PathBuf {
+    pub fn state_dir(&self, id: &str) -> PathBuf {
         self.dir.path().join(id.rsplit('/').next().unwrap())
     }
 
@@ -151,6 +151,8 @@ impl Kit {
                 listen: LOCAL,
                 upstream,
                 policy: vec![policy.clone()],
+                mode: Mode::Http,
+                proxy_protocol: None,
             }),
             outbound: Vec::new(),
             admin: LOCAL,
@@ -178,6 +180,7 @@ impl Kit {
                 listen: LOCAL,
                 target: Target::parse(&payments.gateway.inbound.unwrap().to_string()).unwrap(),
                 expected_peer: SpiffeId::parse(PAYMENTS).unwrap(),
+                mode: Mode::Http,
             }],
             admin: LOCAL,
             limits: Limits::default(),

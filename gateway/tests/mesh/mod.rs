@@ -24,7 +24,7 @@ use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshgate_ca::Authority;
 use meshgate_ca::server::{RunningServer, ServeConfig, start as start_ca};
-use meshgate_gateway::config::{Config, Inbound, Limits, Route, Target};
+use meshgate_gateway::config::{Config, Inbound, Limits, Mode, Route, Target};
 use meshgate_gateway::{Agent, KeyType, RunningGateway};
 use meshgate_identity::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
@@ -87,6 +87,8 @@ impl Mesh {
                 listen: local,
                 upstream: Target::parse(&echo.addr.to_string()).unwrap(),
                 policy,
+                mode: Mode::Http,
+                proxy_protocol: None,
             }),
             outbound: Vec::new(),
             admin: local,
@@ -107,6 +109,7 @@ impl Mesh {
                     listen: local,
                     target: Target::parse(&payments.inbound.unwrap().to_string()).unwrap(),
                     expected_peer: SpiffeId::parse(PAYMENTS).unwrap(),
+                    mode: Mode::Http,
                 },
                 // Points at payments but expects the ledger: every handshake must fail.
                 Route {
@@ -114,6 +117,7 @@ impl Mesh {
                     listen: local,
                     target: Target::parse(&payments.inbound.unwrap().to_string()).unwrap(),
                     expected_peer: SpiffeId::parse(LEDGER).unwrap(),
+                    mode: Mode::Http,
                 },
             ],
             admin: local,
