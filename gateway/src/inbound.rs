@@ -436,7 +436,7 @@ async fn forward(
         let limits = &inbound.shared.limits;
         return upgrade::to_upstream(
             &inbound.upstream,
-            limits.connect_timeout,
+            limits,
             parts,
             &target,
             opening,

@@ -304,7 +304,13 @@ async fn relay(
                     upgrade::switching(&mut parts.headers);
                     // It ends when the peer gateway's SVID does, like the pooled connection.
                     let busy = activity.begin();
-                    tunnels.splice(app, peer, busy, Some(peer_not_after));
+                    tunnels.splice(
+                        app,
+                        peer,
+                        busy,
+                        outbound.shared.limits.idle_timeout,
+                        Some(peer_not_after),
+                    );
                     return Ok(Response::from_parts(parts, full(bytes::Bytes::new())));
                 }
                 return Ok(Response::from_parts(parts, body.boxed()));

@@ -1,7 +1,10 @@
 //! WebSocket through the gateways. An app opens a WebSocket with an HTTP/1.1 `Upgrade:
 //! websocket` request; between gateways, which speak HTTP/2, the same opening is an extended
 //! CONNECT (RFC 8441, `:protocol websocket`); the local service again gets an HTTP/1.1 upgrade.
-//! Once the service answers 101, each gateway splices the two upgraded streams byte for byte.
+//! A service behind an h2c upstream gets an extended CONNECT too (it must allow it with
+//! SETTINGS_ENABLE_CONNECT_PROTOCOL), and the gateway answers the key an HTTP/1.1 client sent.
+//! Once the service accepts, each gateway splices the two upgraded streams byte for byte, until
+//! either side closes, no byte moves for the idle timeout, or the peer's SVID ends.
 //! Only `websocket` is carried: any other `Upgrade` (`h2c` above all, the classic way past a
 //! proxy's checks) stays a hop-by-hop header and is removed.
 
@@ -17,15 +20,16 @@ use hyper::http::Extensions;
 use hyper::http::request::Parts;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::config::{Target, UpstreamProtocol};
+use crate::config::{Limits, Target, UpstreamProtocol};
 use crate::conn::{Activity, InFlight};
 use crate::headers::strip_hop_by_hop;
 use crate::listen::until;
 use crate::reply::{Body, Refusal, full};
+use crate::tcp::splice;
 
 pub(crate) const WEBSOCKET: &str = "websocket";
 
@@ -33,6 +37,7 @@ pub(crate) const WEBSOCKET: &str = "websocket";
 /// hop-by-hop and rewritten at each hop).
 const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
 const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
+const SEC_WEBSOCKET_ACCEPT: &str = "sec-websocket-accept";
 
 /// How a request asks for a WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,17 +105,18 @@ fn random_key() -> Option<HeaderValue> {
     HeaderValue::from_str(&key).ok()
 }
 
-/// The inbound's hop for a WebSocket opening the policy allowed: an HTTP/1.1 upgrade to the
-/// local service at `target` (path and query); on 101 the peer gets 101 (HTTP/1.1) or 200
-/// (extended CONNECT) and the two upgraded streams are spliced on the connection's task.
-/// `parts` are the request's, hop-by-hop headers already removed and XFCC set.
+/// The inbound's hop for a WebSocket opening the policy allowed: an HTTP/1.1 upgrade (or, to an
+/// h2c service, an extended CONNECT) to the local service at `target` (path and query); when the
+/// service accepts, the peer gets 101 (HTTP/1.1) or 200 (extended CONNECT) and the two upgraded
+/// streams are spliced on the connection's task. `parts` are the request's, hop-by-hop headers
+/// already removed and XFCC set.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the pieces come from the listener, the request and its connection"
 )]
 pub(crate) async fn to_upstream(
     upstream: &Target,
-    connect_timeout: Duration,
+    limits: &Limits,
     mut parts: Parts,
     target: &str,
     opening: Opening,
@@ -118,42 +124,101 @@ pub(crate) async fn to_upstream(
     tunnels: &Tunnels,
     activity: &Arc<Activity>,
 ) -> Response<Body> {
-    if upstream.protocol != UpstreamProtocol::Http1 {
-        return Refusal::BadGateway(
-            "the service behind this gateway speaks h2c, which cannot carry a WebSocket".into(),
-        )
-        .into_response();
-    }
-    parts.method = Method::GET;
-    parts.version = Version::HTTP_11;
+    let h2c = upstream.protocol == UpstreamProtocol::H2c;
     parts.extensions = Extensions::new();
-    parts.uri = match target.parse::<Uri>() {
+    let uri = if h2c {
+        // HTTP/2 needs the scheme and authority as well as the path.
+        format!("http://{}{target}", upstream.authority)
+    } else {
+        target.to_owned()
+    };
+    parts.uri = match uri.parse::<Uri>() {
         Ok(uri) => uri,
         Err(_) => {
             return Refusal::BadRequest("the request target cannot be forwarded").into_response();
         }
     };
-    http1_opening(&mut parts.headers);
+    // Kept to answer an HTTP/1.1 client when the service speaks HTTP/2 (which uses no key).
+    let key = parts.headers.get(SEC_WEBSOCKET_KEY).cloned();
+    if h2c {
+        parts.method = Method::CONNECT;
+        parts.version = Version::HTTP_2;
+        parts
+            .extensions
+            .insert(hyper::ext::Protocol::from_static(WEBSOCKET));
+        parts.headers.remove(SEC_WEBSOCKET_KEY);
+    } else {
+        parts.method = Method::GET;
+        parts.version = Version::HTTP_11;
+        http1_opening(&mut parts.headers);
+    }
     let request = Request::from_parts(parts, full(Bytes::new()));
-    let mut response = match open_upstream(upstream, connect_timeout, request).await {
+    let opened = match upstream.protocol {
+        UpstreamProtocol::H2c => open_upstream_h2c(upstream, limits.connect_timeout, request).await,
+        _ => open_upstream(upstream, limits.connect_timeout, request).await,
+    };
+    let mut response = match opened {
         Ok(r) => r,
         Err(refusal) => return refusal.into_response(),
     };
-    let spliced = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
-        .then(|| hyper::upgrade::on(&mut response));
+    let accepted = if h2c {
+        response.status() == StatusCode::OK
+    } else {
+        response.status() == StatusCode::SWITCHING_PROTOCOLS
+    };
+    let spliced = accepted.then(|| hyper::upgrade::on(&mut response));
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let Some(service) = spliced else {
         // The service said no (or something else): its answer goes back as it is.
         return Response::from_parts(parts, body.boxed());
     };
+    if h2c && let Some(accept) = key.as_ref().and_then(|k| websocket_accept(k.as_bytes())) {
+        parts.headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
     match opening {
-        Opening::Http1 => switching(&mut parts.headers),
+        Opening::Http1 => {
+            parts.status = StatusCode::SWITCHING_PROTOCOLS;
+            switching(&mut parts.headers);
+        }
         Opening::ExtendedConnect => parts.status = StatusCode::OK,
     }
     // The connection's task cuts it when the peer's SVID expires or is revoked.
-    tunnels.splice(client, service, activity.begin(), None);
+    tunnels.splice(client, service, activity.begin(), limits.idle_timeout, None);
     Response::from_parts(parts, full(Bytes::new()))
+}
+
+/// RFC 6455 §4.2.2: base64(SHA-1(key + GUID)), the answer to an HTTP/1.1 client's key.
+fn websocket_accept(key: &[u8]) -> Option<HeaderValue> {
+    let mut input = key.to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(digest.as_ref())).ok()
+}
+
+/// Sends an extended CONNECT to an h2c service on an HTTP/2 connection of its own (prior
+/// knowledge) and returns its answer; the connection lives as long as the tunnel.
+async fn open_upstream_h2c(
+    upstream: &Target,
+    connect_timeout: Duration,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, Refusal> {
+    let failed = || Refusal::BadGateway("the service behind this gateway did not answer".into());
+    let tcp = connect_upstream(upstream, connect_timeout).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .map_err(|_| failed())?;
+    let authority = upstream.authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %authority, "WebSocket connection to the local service ended: {e}");
+        }
+    });
+    sender.send_request(req).await.map_err(|e| {
+        tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening (does it enable extended CONNECT?): {e}");
+        failed()
+    })
 }
 
 /// Sends an HTTP/1.1 WebSocket opening to the local service on a connection of its own (an
@@ -163,6 +228,27 @@ async fn open_upstream(
     connect_timeout: Duration,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, Refusal> {
+    let failed = || Refusal::BadGateway("the service behind this gateway did not answer".into());
+    let tcp = connect_upstream(upstream, connect_timeout).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|_| failed())?;
+    let authority = upstream.authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(upstream = %authority, "WebSocket connection to the local service ended: {e}");
+        }
+    });
+    sender.send_request(req).await.map_err(|e| {
+        tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening: {e}");
+        failed()
+    })
+}
+
+async fn connect_upstream(
+    upstream: &Target,
+    connect_timeout: Duration,
+) -> Result<TcpStream, Refusal> {
     let failed = || Refusal::BadGateway("the service behind this gateway did not answer".into());
     let tcp = tokio::time::timeout(
         connect_timeout,
@@ -177,19 +263,7 @@ async fn open_upstream(
         failed()
     })?;
     let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|_| failed())?;
-    let authority = upstream.authority.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(upstream = %authority, "WebSocket connection to the local service ended: {e}");
-        }
-    });
-    sender.send_request(req).await.map_err(|e| {
-        tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening: {e}");
-        failed()
-    })
+    Ok(tcp)
 }
 
 /// The spliced streams of one connection. A connection's task waits for them before it ends,
@@ -206,13 +280,14 @@ impl Tunnels {
     }
 
     /// Splices `client` and `upstream` once both are upgraded, on a task of this connection,
-    /// until either side closes or `not_after` (unix seconds) passes; `busy` keeps the
-    /// connection from counting as idle meanwhile.
+    /// until either side closes, no byte moves for `idle_timeout`, or `not_after` (unix seconds)
+    /// passes; `busy` keeps the connection from counting as idle meanwhile.
     pub(crate) fn splice(
         &self,
         client: OnUpgrade,
         upstream: OnUpgrade,
         busy: InFlight,
+        idle_timeout: Duration,
         not_after: Option<u64>,
     ) {
         let tunnel = async move {
@@ -224,23 +299,29 @@ impl Tunnels {
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((up, down)) => tracing::debug!(up, down, "WebSocket closed"),
-                Err(e) => tracing::debug!("WebSocket ended: {e}"),
-            }
+            let expiry = async move {
+                match not_after {
+                    Some(at) => until(at).await,
+                    None => std::future::pending().await,
+                }
+                "expired"
+            };
+            let spliced = splice(
+                TokioIo::new(client),
+                TokioIo::new(upstream),
+                idle_timeout,
+                expiry,
+            )
+            .await;
+            tracing::debug!(
+                up = spliced.from_client,
+                down = spliced.to_client,
+                end = spliced.end,
+                "WebSocket ended"
+            );
         };
         let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
-        set.spawn(async move {
-            match not_after {
-                None => tunnel.await,
-                Some(at) => tokio::select! {
-                    () = tunnel => {}
-                    () = until(at) => tracing::info!("closed a WebSocket: the peer's SVID expired"),
-                },
-            }
-        });
+        set.spawn(tunnel);
     }
 
     /// Completes when every tunnel of the connection has ended. The tunnels move into this

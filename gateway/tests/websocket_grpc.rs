@@ -127,6 +127,66 @@ async fn a_websocket_crosses_outbound_h2_and_inbound_to_the_service_and_back() {
 }
 
 #[tokio::test]
+async fn a_websocket_reaches_an_h2c_service_as_an_extended_connect() {
+    tokio::time::timeout(LIMIT, async {
+        let kit = Kit::start().await;
+        let upstream = Target::parse(&kit::websocket_echo_h2c().await.to_string())
+            .unwrap()
+            .with_protocol(UpstreamProtocol::H2c);
+        let payments = kit.payments(upstream, Limits::default(), None).await;
+        let checkout = kit.client(CHECKOUT, &payments).await;
+
+        // The app speaks HTTP/1.1 with a key; the service speaks HTTP/2 with none: the
+        // inbound gateway answers the app's key.
+        let mut app = TcpStream::connect(checkout.to_payments()).await.unwrap();
+        let head = open(&mut app, "/v1/chat").await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        assert!(
+            head.contains(&format!(
+                "sec-websocket-accept: {}",
+                ACCEPT.to_ascii_lowercase()
+            )),
+            "{head}"
+        );
+        echo(&mut app).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_websocket_is_closed_after_the_idle_timeout() {
+    tokio::time::timeout(LIMIT, async {
+        let kit = Kit::start().await;
+        let upstream = Target::parse(&kit::websocket_echo().await.to_string()).unwrap();
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        };
+        let payments = kit.payments(upstream, limits, None).await;
+        let checkout = kit.client(CHECKOUT, &payments).await;
+        let mut app = TcpStream::connect(checkout.to_payments()).await.unwrap();
+        let head = open(&mut app, "/v1/chat").await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        // Traffic keeps it open past the timeout...
+        for _ in 0..3 {
+            echo(&mut app).await;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        echo(&mut app).await;
+        // ...silence closes it.
+        let mut buf = [0u8; 16];
+        let end = tokio::time::timeout(Duration::from_secs(20), app.read(&mut buf))
+            .await
+            .expect("the idle WebSocket stayed open");
+        assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn a_websocket_opens_from_an_mtls_client_straight_to_the_inbound() {
     tokio::time::timeout(LIMIT, async {
         let kit = Kit::start().await;

@@ -256,6 +256,47 @@ pub async fn websocket_echo() -> SocketAddr {
     .await
 }
 
+/// An h2c upstream (HTTP/2 with prior knowledge) that accepts WebSockets as RFC 8441 extended
+/// CONNECTs (it announces SETTINGS_ENABLE_CONNECT_PROTOCOL), answers 200 and echoes every byte;
+/// a CONNECT carrying a `sec-websocket-key` (an HTTP/1.1 leftover) gets 400.
+pub async fn websocket_echo_h2c() -> SocketAddr {
+    spawn_server(|tcp| async move {
+        let service = service_fn(|mut req: Request<Incoming>| async move {
+            let websocket = req.method() == hyper::Method::CONNECT
+                && req
+                    .extensions()
+                    .get::<hyper::ext::Protocol>()
+                    .is_some_and(|p| p.as_str() == "websocket");
+            let mut r = Response::new(Full::new(Bytes::new()));
+            if !websocket || req.headers().contains_key("sec-websocket-key") {
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                return Ok::<_, Infallible>(r);
+            }
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let mut io = TokioIo::new(on_upgrade.await.unwrap());
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(r)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .enable_connect_protocol()
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+    })
+    .await
+}
+
 /// RFC 6455 §4.2.2: base64(SHA-1(key + GUID)).
 pub fn websocket_accept(key: &[u8]) -> String {
     let mut input = key.to_vec();
