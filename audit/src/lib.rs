@@ -67,7 +67,8 @@ pub use clock::{Clock, SystemClock};
 pub use error::{AuditError, ChainError, Damage};
 pub use event::{Action, AuditEvent, Component, Outcome};
 pub use export::{
-    CSV_COLUMNS, ExportFormat, ExportOptions, ExportReport, ExportedRange, InputReport, export,
+    CSV_COLUMNS, ExportFormat, ExportOptions, ExportReport, ExportedRange, InputReport,
+    OCSF_VERSION, OcsfClass, OcsfClassCount, export,
 };
 pub use record::{ChainHash, MAX_LINE_BYTES, Record};
 pub use sink::{AuditSink, MAX_BATCH};

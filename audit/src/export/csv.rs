@@ -96,7 +96,7 @@ fn write_field(buf: &mut Vec<u8>, text: &str) {
 }
 
 /// The wire name of a unit enum value (`svid_issue`, `gateway`, `denied`).
-fn name(value: &impl Serialize) -> Result<String, AuditError> {
+pub(super) fn name(value: &impl Serialize) -> Result<String, AuditError> {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => Ok(s),
         _ => Err(AuditError::Internal("an enum did not serialize to a name")),

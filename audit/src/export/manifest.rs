@@ -4,7 +4,7 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{ExportReport, ExportedRange, InputReport};
+use super::{ExportFormat, ExportReport, ExportedRange, InputReport, OCSF_VERSION};
 use crate::record::format_time;
 use crate::{AuditError, ChainError, ChainHash};
 
@@ -29,6 +29,18 @@ impl ExportReport {
                 first_time: time_opt(self.first_time)?,
                 last_time: time_opt(self.last_time)?,
             },
+            ocsf: (self.format == ExportFormat::Ocsf).then(|| Ocsf {
+                version: OCSF_VERSION,
+                classes: self
+                    .ocsf_classes
+                    .iter()
+                    .map(|c| OcsfClassOut {
+                        class_uid: c.class.uid(),
+                        class_name: c.class.name(),
+                        events: c.events,
+                    })
+                    .collect(),
+            }),
             inputs: self.inputs.iter().map(Input::new).collect(),
         };
         let mut text = serde_json::to_string_pretty(&manifest)
@@ -50,7 +62,25 @@ struct Manifest<'a> {
     since: Option<String>,
     until: Option<String>,
     exported: Exported,
+    /// Only for an OCSF export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ocsf: Option<Ocsf>,
     inputs: Vec<Input<'a>>,
+}
+
+/// The OCSF version and the events written of each class (every class, zeros too), so that an
+/// auditor sees that the classes add up to the records exported: none was left out.
+#[derive(Serialize)]
+struct Ocsf {
+    version: &'static str,
+    classes: Vec<OcsfClassOut>,
+}
+
+#[derive(Serialize)]
+struct OcsfClassOut {
+    class_uid: u32,
+    class_name: &'static str,
+    events: u64,
 }
 
 #[derive(Serialize)]
