@@ -173,6 +173,20 @@ async fn clients_without_an_svid_of_our_ca_are_refused_at_tls_and_others_still_s
         let creds = Credentials::new(certified_key(issued.chain, key).unwrap());
         assert!(!tls_client_gets_an_answer(&mesh, Some(Arc::new(creds))).await);
 
+        // Our own CA's SVID for the shop, expired ten seconds ago.
+        let mut ours = Authority::open(&mesh.ca_dir).unwrap();
+        let (issued, key) = ours
+            .issue_with_new_key(
+                &SpiffeId::parse(SHOP).unwrap(),
+                &[],
+                Duration::from_secs(10),
+                now - Duration::from_secs(20),
+            )
+            .unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let creds = Credentials::new(certified_key(issued.chain, key).unwrap());
+        assert!(!tls_client_gets_an_answer(&mesh, Some(Arc::new(creds))).await);
+
         let (_, metrics) = admin(mesh.payments.admin, "/metrics").await;
         let failures: f64 = metrics
             .lines()
@@ -181,8 +195,8 @@ async fn clients_without_an_svid_of_our_ca_are_refused_at_tls_and_others_still_s
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        assert_eq!(failures, 2.0, "{metrics}");
-        for reason in ["no_certificate", "untrusted"] {
+        assert_eq!(failures, 3.0, "{metrics}");
+        for reason in ["no_certificate", "untrusted", "expired"] {
             let sample = format!(
                 "meshgate_gateway_handshake_failures_total{{direction=\"inbound\",reason=\"{reason}\"}}"
             );
