@@ -107,19 +107,16 @@ async fn route(
     match (req.uri().path(), method) {
         (PATH_ENROLL, Method::POST) => enroll(state, peer, req).await,
         (PATH_RENEW, Method::POST) => renew(state, peer, req).await,
-        (PATH_BUNDLE, Method::GET) => {
-            let bundle = with_ca(state, |ca| ca.bundle()).await?.api()?;
-            let json = bundle.to_jwks().map_err(|_| ApiError::internal())?;
-            Ok(body(StatusCode::OK, "application/json", json))
-        }
-        (PATH_BUNDLE_PEM, Method::GET) => {
-            let bundle = with_ca(state, |ca| ca.bundle()).await?.api()?;
-            Ok(body(
-                StatusCode::OK,
-                "application/x-pem-file",
-                bundle.to_pem(),
-            ))
-        }
+        // Served from the encoded copy the maintenance task keeps current (it looks for CLI
+        // changes every maintenance interval).
+        (PATH_BUNDLE, Method::GET) => Ok(bytes_body(
+            "application/json",
+            state.served_bundle().jwks.clone(),
+        )),
+        (PATH_BUNDLE_PEM, Method::GET) => Ok(bytes_body(
+            "application/x-pem-file",
+            state.served_bundle().pem.clone(),
+        )),
         (PATH_REVOCATIONS, Method::GET) => {
             let _ = require_svid(peer)?;
             let list = with_ca(state, |ca| ca.revocation_list()).await?.api()?;
@@ -351,6 +348,13 @@ trait IntoApi<T> {
 fn json<T: serde::Serialize>(value: &T) -> Result<Response<Full<Bytes>>, ApiError> {
     let text = serde_json::to_string(value).map_err(|_| ApiError::internal())?;
     Ok(body(StatusCode::OK, "application/json", text))
+}
+
+fn bytes_body(content_type: &'static str, bytes: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(bytes));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
 }
 
 fn body(status: StatusCode, content_type: &'static str, text: String) -> Response<Full<Bytes>> {

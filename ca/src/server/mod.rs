@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -19,10 +19,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meshgate_audit::{Action, AuditEvent, Outcome};
-use meshgate_identity::BundleSet;
 use meshgate_identity::svid::check_leaf;
 use meshgate_identity::tls::{ALPN_HTTP11, Credentials, certified_key, server_config};
 use meshgate_identity::verifier::{SharedBundles, SpiffeClientVerifier};
+use meshgate_identity::{BundleSet, TrustBundle};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -111,6 +111,38 @@ pub(crate) struct State {
     sign_limiter: DefaultKeyedRateLimiter<IpAddr>,
     trust_domain: String,
     body_timeout: Duration,
+    /// The bundle as `GET /v1/bundle` and `/v1/bundle.pem` serve it, encoded once per change:
+    /// anonymous reads never take the CA's lock or touch the datastore.
+    served_bundle: RwLock<Arc<ServedBundle>>,
+}
+
+/// The current bundle, encoded for both bundle endpoints.
+#[derive(Debug)]
+pub(crate) struct ServedBundle {
+    pub(crate) jwks: bytes::Bytes,
+    pub(crate) pem: bytes::Bytes,
+}
+
+impl ServedBundle {
+    fn of(bundle: &TrustBundle) -> Result<Self, CaError> {
+        let jwks = bundle.to_jwks().map_err(|e| CaError::BadCaCert {
+            what: "bundle".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            jwks: jwks.into(),
+            pem: bundle.to_pem().into(),
+        })
+    }
+}
+
+impl State {
+    pub(crate) fn served_bundle(&self) -> Arc<ServedBundle> {
+        self.served_bundle
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Opens the CA in `dir` and starts both listeners.
@@ -135,6 +167,7 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
     let tls = server_config(creds.clone(), verifier, &[ALPN_HTTP11])?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
+    let served_bundle = RwLock::new(Arc::new(ServedBundle::of(&ca.bundle()?)?));
     let metrics = Metrics::default();
     metrics.own_svid_expiry.set(own.record.not_after);
     metrics
@@ -152,6 +185,7 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
         ),
         trust_domain,
         body_timeout: cfg.body_timeout,
+        served_bundle,
     });
 
     let listener = TcpListener::bind(cfg.listen)
@@ -427,6 +461,15 @@ async fn maintenance(
                     .bundle_sequence
                     .set(i64::try_from(bundle.sequence).unwrap_or(i64::MAX));
                 state.metrics.intermediate_expiry.set(inter_not_after);
+                match ServedBundle::of(&bundle) {
+                    Ok(served) => {
+                        *state
+                            .served_bundle
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(served);
+                    }
+                    Err(e) => tracing::error!("the new bundle cannot be served: {e}"),
+                }
                 bundles.replace(BundleSet::single(bundle));
             }
             Ok(Err(e)) => tracing::error!("CA maintenance failed: {e}"),
