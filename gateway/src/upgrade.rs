@@ -203,21 +203,15 @@ async fn open_upstream_h2c(
     connect_timeout: Duration,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, Refusal> {
-    let failed = || Refusal::BadGateway("the service behind this gateway did not answer".into());
     let tcp = connect_upstream(upstream, connect_timeout).await?;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
-            .map_err(|_| failed())?;
-    let authority = upstream.authority.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(upstream = %authority, "WebSocket connection to the local service ended: {e}");
-        }
-    });
+            .map_err(|_| not_answered())?;
+    spawn_connection(upstream, conn);
     sender.send_request(req).await.map_err(|e| {
         tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening (does it enable extended CONNECT?): {e}");
-        failed()
+        not_answered()
     })
 }
 
@@ -228,28 +222,38 @@ async fn open_upstream(
     connect_timeout: Duration,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, Refusal> {
-    let failed = || Refusal::BadGateway("the service behind this gateway did not answer".into());
     let tcp = connect_upstream(upstream, connect_timeout).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .map_err(|_| failed())?;
+        .map_err(|_| not_answered())?;
+    spawn_connection(upstream, conn.with_upgrades());
+    sender.send_request(req).await.map_err(|e| {
+        tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening: {e}");
+        not_answered()
+    })
+}
+
+/// Drives a connection to the local service for as long as its tunnel lives.
+fn spawn_connection<F>(upstream: &Target, conn: F)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
     let authority = upstream.authority.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
+        if let Err(e) = conn.await {
             tracing::debug!(upstream = %authority, "WebSocket connection to the local service ended: {e}");
         }
     });
-    sender.send_request(req).await.map_err(|e| {
-        tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening: {e}");
-        failed()
-    })
+}
+
+fn not_answered() -> Refusal {
+    Refusal::BadGateway("the service behind this gateway did not answer".into())
 }
 
 async fn connect_upstream(
     upstream: &Target,
     connect_timeout: Duration,
 ) -> Result<TcpStream, Refusal> {
-    let failed = || Refusal::BadGateway("the service behind this gateway did not answer".into());
     let tcp = tokio::time::timeout(
         connect_timeout,
         TcpStream::connect((upstream.host.as_str(), upstream.port)),
@@ -260,7 +264,7 @@ async fn connect_upstream(
     })?
     .map_err(|e| {
         tracing::warn!(upstream = %upstream.authority, "cannot connect to the local service: {e}");
-        failed()
+        not_answered()
     })?;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)

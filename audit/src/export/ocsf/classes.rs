@@ -193,34 +193,10 @@ fn http_activity(log: &str, record: &Record) -> Result<(OcsfClass, Event), Audit
         ev.insert("http_status".into(), code.into());
     }
 
-    let mut src = match &e.source {
-        Some(addr) => endpoint(addr),
-        None => endpoint(&e.actor),
-    };
-    src.insert("owner".into(), user(&e.actor));
-    ev.insert("src_endpoint".into(), Value::Object(src));
-    if let Some((gateway, _, _)) = request {
-        ev.insert(
-            "dst_endpoint".into(),
-            json!({ "svc_name": gateway, "owner": user(gateway) }),
-        );
-    }
-
     let allowed = e.action == Action::RequestAllow;
-    let (action_id, action) = if allowed {
-        (1, "Allowed")
-    } else {
-        (2, "Denied")
-    };
     let why = detail_str(record, "decision").or(e.reason.as_deref());
-    let (disposition_id, disposition) = disposition(allowed, why);
-    ev.insert("action_id".into(), action_id.into());
-    ev.insert("action".into(), action.into());
-    ev.insert("disposition_id".into(), disposition_id.into());
-    ev.insert("disposition".into(), disposition.into());
-    if let Some(rule) = detail_str(record, "rule") {
-        ev.insert("policy".into(), json!({ "name": rule }));
-    }
+    let gateway = request.map(|(gateway, _, _)| gateway);
+    gateway_decision(&mut ev, record, gateway, allowed, why);
     Ok((class, ev))
 }
 
@@ -239,13 +215,39 @@ fn network_activity(log: &str, record: &Record) -> Result<(OcsfClass, Event), Au
         (false, true) => Activity::new(2, "Close"),
     };
     let mut ev = base(class, &activity, &[SECURITY_CONTROL], log, record)?;
+    // A reload that withdrew the allow is a policy denial like one at connect.
+    let why = if reloaded {
+        Some("policy")
+    } else {
+        e.reason.as_deref()
+    };
+    gateway_decision(
+        &mut ev,
+        record,
+        e.subject.strip_suffix(" tcp"),
+        allowed,
+        why,
+    );
+    Ok((class, ev))
+}
+
+/// What HTTP and Network Activity share for a gateway's decision: the peer's `src_endpoint`,
+/// the gateway's `dst_endpoint`, the security control's action and disposition, the rule.
+fn gateway_decision(
+    ev: &mut Event,
+    record: &Record,
+    gateway: Option<&str>,
+    allowed: bool,
+    why: Option<&str>,
+) {
+    let e = &record.event;
     let mut src = match &e.source {
         Some(addr) => endpoint(addr),
         None => endpoint(&e.actor),
     };
     src.insert("owner".into(), user(&e.actor));
     ev.insert("src_endpoint".into(), Value::Object(src));
-    if let Some(gateway) = e.subject.strip_suffix(" tcp") {
+    if let Some(gateway) = gateway {
         ev.insert(
             "dst_endpoint".into(),
             json!({ "svc_name": gateway, "owner": user(gateway) }),
@@ -256,12 +258,6 @@ fn network_activity(log: &str, record: &Record) -> Result<(OcsfClass, Event), Au
     } else {
         (2, "Denied")
     };
-    // A reload that withdrew the allow is a policy denial like one at connect.
-    let why = if reloaded {
-        Some("policy")
-    } else {
-        e.reason.as_deref()
-    };
     let (disposition_id, disposition) = disposition(allowed, why);
     ev.insert("action_id".into(), action_id.into());
     ev.insert("action".into(), action.into());
@@ -270,7 +266,6 @@ fn network_activity(log: &str, record: &Record) -> Result<(OcsfClass, Event), Au
     if let Some(rule) = detail_str(record, "rule") {
         ev.insert("policy".into(), json!({ "name": rule }));
     }
-    Ok((class, ev))
 }
 
 /// Application Error (General Error): the audit log's own troubles. The message says what was
