@@ -6,6 +6,7 @@
 mod cmd;
 mod exit;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -85,8 +86,12 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,meshgate::access=info"));
+    // Colours only for a person at a terminal (and never under NO_COLOR): files and journald
+    // get plain lines.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),

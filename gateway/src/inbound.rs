@@ -256,7 +256,7 @@ async fn handle(
         status,
         decision = outcome.decision,
         rule = outcome.rule.as_deref().unwrap_or("-"),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        duration_ms = crate::metrics::millis(elapsed),
         "request"
     );
     Ok(outcome.response)

@@ -289,3 +289,12 @@ impl Drop for OpenConnection {
         self.0.dec();
     }
 }
+
+/// A duration in milliseconds with microsecond resolution, for the access log: whole
+/// microseconds divided once print as short decimals (`0.753`, not `0.7532730000000001`).
+pub(crate) fn millis(d: std::time::Duration) -> f64 {
+    // Exact below 2^53 µs (285 years).
+    #[expect(clippy::cast_precision_loss, reason = "exact for any real duration")]
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX) as f64;
+    micros / 1000.0
+}

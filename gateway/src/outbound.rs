@@ -237,7 +237,7 @@ async fn handle(
         status,
         decision = "-",
         rule = "-",
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        duration_ms = crate::metrics::millis(elapsed),
         "request"
     );
     Ok(response)

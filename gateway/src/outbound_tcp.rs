@@ -124,7 +124,7 @@ fn log(
         bytes_from_client = from_client,
         bytes_to_client = to_client,
         end,
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = crate::metrics::millis(start.elapsed()),
         "connection"
     );
 }
