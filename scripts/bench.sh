@@ -399,7 +399,7 @@ for url in "$DIRECT_URL" "$MESH_URL" "$NGINX_URL"; do
 done
 # The payments gateway decided by policy; the server sidecar saw a verified client certificate
 # and refuses a client without one.
-# (The text log carries colour escapes even into a file: strip them first.)
+# (Builds before 3390ebb wrote colour escapes even into a file: strip any first.)
 sed 's/\x1b\[[0-9;]*m//g' "$WORK/gw-payments.log" | grep 'decision[":= ]*allow' >/dev/null ||
   die "the payments gateway logged no allow decision; its log: $(tail -n 5 "$WORK/gw-payments.log")"
 grep -q 'client_verify=SUCCESS' "$s/access.log" || die "the server sidecar saw no verified client certificate"
