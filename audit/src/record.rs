@@ -46,7 +46,7 @@ impl ChainHash {
     /// record's JSON line without its `hash` field.
     pub fn of(prev: &Self, canonical: &[u8]) -> Self {
         let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(prev.to_hex().as_bytes());
+        ctx.update(&prev.hex_digits());
         ctx.update(canonical);
         let mut out = [0; 32];
         out.copy_from_slice(ctx.finish().as_ref());
@@ -66,7 +66,21 @@ impl ChainHash {
 
     /// The 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        String::from_utf8_lossy(&self.hex_digits()).into_owned()
+    }
+
+    /// The 64 lowercase hex digits as ASCII bytes, on the stack: every record writes and hashes
+    /// two of these, so the writer's hot path allocates none.
+    pub(crate) fn hex_digits(&self) -> [u8; 64] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(self.0) {
+            if let [hi, lo] = pair {
+                *hi = *DIGITS.get(usize::from(byte >> 4)).unwrap_or(&b'0');
+                *lo = *DIGITS.get(usize::from(byte & 0x0f)).unwrap_or(&b'0');
+            }
+        }
+        out
     }
 
     /// The 32 raw bytes.
@@ -77,7 +91,7 @@ impl ChainHash {
 
 impl fmt::Display for ChainHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(std::str::from_utf8(&self.hex_digits()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -89,7 +103,8 @@ impl fmt::Debug for ChainHash {
 
 impl Serialize for ChainHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        let digits = self.hex_digits();
+        s.serialize_str(std::str::from_utf8(&digits).map_err(serde::ser::Error::custom)?)
     }
 }
 
@@ -116,34 +131,225 @@ pub(crate) enum LineFault {
 }
 
 /// Encodes one record: returns its line (newline included) and its hash.
+#[cfg(test)]
 pub(crate) fn encode_line(
     seq: u64,
     time: &str,
     event: &AuditEvent,
     prev: &ChainHash,
 ) -> Result<(Vec<u8>, ChainHash), AuditError> {
-    let mut line = serde_json::to_vec(&WireOut::new(seq, time, event, prev, None))
-        .map_err(|_| AuditError::Internal("an audit record did not serialize"))?;
-    let hash = ChainHash::of(prev, &line);
-    if line.pop() != Some(b'}') {
-        return Err(AuditError::Internal("a record's JSON does not end in '}'"));
-    }
-    line.extend_from_slice(HASH_KEY);
-    line.extend_from_slice(hash.to_hex().as_bytes());
-    line.extend_from_slice(b"\"}\n");
-    if line.len() > MAX_LINE_BYTES {
-        return Err(AuditError::TooLarge {
-            len: line.len(),
-            max: MAX_LINE_BYTES,
-        });
-    }
+    let mut line = Vec::with_capacity(512);
+    let hash = encode_line_into(&mut line, seq, time, event, prev)?;
     Ok((line, hash))
 }
 
+/// Appends one record's line (newline included) to `out` and returns its hash; on error `out`
+/// is left as it was. The writer encodes a whole batch into one buffer this way.
+pub(crate) fn encode_line_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    event: &AuditEvent,
+    prev: &ChainHash,
+) -> Result<ChainHash, AuditError> {
+    let start = out.len();
+    let result = encode_at(out, start, seq, time, event, prev);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn encode_at(
+    out: &mut Vec<u8>,
+    start: usize,
+    seq: u64,
+    time: &str,
+    event: &AuditEvent,
+    prev: &ChainHash,
+) -> Result<ChainHash, AuditError> {
+    write_canonical(out, seq, time, event, prev)?;
+    let canonical = out.get(start..).unwrap_or_default();
+    let len = canonical.len() + HASH_SUFFIX_LEN;
+    if len > MAX_LINE_BYTES {
+        return Err(AuditError::TooLarge {
+            len,
+            max: MAX_LINE_BYTES,
+        });
+    }
+    let hash = ChainHash::of(prev, canonical);
+    if out.pop() != Some(b'}') {
+        return Err(AuditError::Internal("a record's JSON does not end in '}'"));
+    }
+    out.extend_from_slice(HASH_KEY);
+    out.extend_from_slice(&hash.hex_digits());
+    out.extend_from_slice(b"\"}\n");
+    Ok(hash)
+}
+
+/// Writes the canonical JSON exactly as `serde_json` writes [`WireOut`] without a hash, by
+/// hand: strings that need no escaping (nearly all) are copied whole, which halves the
+/// writer's cost per record; anything else goes through `serde_json`.
+fn write_canonical(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    e: &AuditEvent,
+    prev: &ChainHash,
+) -> Result<(), AuditError> {
+    out.extend_from_slice(b"{\"seq\":");
+    std::io::Write::write_fmt(out, format_args!("{seq}"))
+        .map_err(|_| AuditError::Internal("an audit record did not serialize"))?;
+    out.extend_from_slice(b",\"time\":");
+    json_str(out, time)?;
+    out.extend_from_slice(b",\"component\":");
+    json(out, &e.component)?;
+    out.extend_from_slice(b",\"actor\":");
+    json_str(out, &e.actor)?;
+    out.extend_from_slice(b",\"action\":");
+    json(out, &e.action)?;
+    out.extend_from_slice(b",\"subject\":");
+    json_str(out, &e.subject)?;
+    out.extend_from_slice(b",\"outcome\":");
+    json(out, &e.outcome)?;
+    for (key, value) in [
+        (&b",\"reason\":"[..], &e.reason),
+        (b",\"source\":", &e.source),
+        (b",\"request_id\":", &e.request_id),
+        (b",\"trust_domain\":", &e.trust_domain),
+    ] {
+        out.extend_from_slice(key);
+        match value {
+            Some(v) => json_str(out, v)?,
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b",\"details\":{");
+    for (i, (key, value)) in e.details.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(out, key)?;
+        out.push(b':');
+        match value {
+            serde_json::Value::String(s) => json_str(out, s)?,
+            other => json(out, other)?,
+        }
+    }
+    out.extend_from_slice(b"},\"prev\":\"");
+    out.extend_from_slice(&prev.hex_digits());
+    out.extend_from_slice(b"\"}");
+    Ok(())
+}
+
+/// A JSON string: copied whole when no byte needs an escape (`serde_json` escapes only `"`,
+/// `\` and control characters), else written by `serde_json`.
+fn json_str(out: &mut Vec<u8>, s: &str) -> Result<(), AuditError> {
+    if needs_escape(s.as_bytes()) {
+        return json(out, s);
+    }
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
+}
+
+/// Whether any byte is `"`, `\` or a control character. Checked 16 bytes at a time without
+/// branches inside a block, which the compiler turns into vector compares.
+fn needs_escape(bytes: &[u8]) -> bool {
+    let bad = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        if block.iter().fold(false, |any, &b| any | bad(b)) {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&b| bad(b))
+}
+
+fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), AuditError> {
+    serde_json::to_writer(&mut *out, value)
+        .map_err(|_| AuditError::Internal("an audit record did not serialize"))
+}
+
 /// Refuses an event whose record could exceed [`MAX_LINE_BYTES`], whatever its seq and time.
+/// Callers pay this once per event on the request path, so a cheap upper bound settles the
+/// usual small event; only a large one is serialized (counted, not kept or hashed).
 pub(crate) fn check_size(event: &AuditEvent) -> Result<(), AuditError> {
     const LONGEST_TIME: &str = "0000-00-00T00:00:00.000000Z";
-    encode_line(u64::MAX - 1, LONGEST_TIME, event, &ChainHash::ZERO).map(|_| ())
+    if size_bound(event) <= MAX_LINE_BYTES {
+        return Ok(());
+    }
+    let mut counter = Counter(0);
+    let wire = WireOut::new(u64::MAX - 1, LONGEST_TIME, event, &ChainHash::ZERO, None);
+    serde_json::to_writer(&mut counter, &wire)
+        .map_err(|_| AuditError::Internal("an audit record did not serialize"))?;
+    // The line is the canonical JSON less its `}`, plus the hash suffix and the newline.
+    let len = counter.0 + HASH_SUFFIX_LEN;
+    if len > MAX_LINE_BYTES {
+        return Err(AuditError::TooLarge {
+            len,
+            max: MAX_LINE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// More bytes than the event's line can take: every string byte counted as a six-byte
+/// `\u00XX` escape, every number at its longest, the fixed fields at their longest.
+fn size_bound(event: &AuditEvent) -> usize {
+    /// seq, time, the enums, the keys, `prev` and `hash`, with room to spare.
+    const FIXED: usize = 512;
+    let text = |s: &str| s.len().saturating_mul(6).saturating_add(2);
+    let opt = |s: &Option<String>| s.as_deref().map_or(4, text);
+    [
+        text(&event.actor),
+        text(&event.subject),
+        opt(&event.reason),
+        opt(&event.source),
+        opt(&event.request_id),
+        opt(&event.trust_domain),
+        event
+            .details
+            .iter()
+            .map(|(k, v)| text(k).saturating_add(value_bound(v)).saturating_add(2))
+            .fold(2, usize::saturating_add),
+    ]
+    .into_iter()
+    .fold(FIXED, usize::saturating_add)
+}
+
+fn value_bound(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let text = |s: &str| s.len().saturating_mul(6).saturating_add(2);
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        // The longest f64 or u64 in serde_json's spelling is under 32 bytes.
+        Value::Number(_) => 32,
+        Value::String(s) => text(s),
+        Value::Array(a) => a
+            .iter()
+            .map(|v| value_bound(v).saturating_add(1))
+            .fold(2, usize::saturating_add),
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| text(k).saturating_add(value_bound(v)).saturating_add(2))
+            .fold(2, usize::saturating_add),
+    }
+}
+
+/// A writer that only counts.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parses one line (without its newline) and checks its own hash against its content.
@@ -355,6 +561,61 @@ mod tests {
         assert!(parse_time("2026-11-27T14:21:22.123456Z").is_some());
         assert!(parse_time("2026-11-27T14:21:22.123Z").is_none());
         assert!(parse_time("2026-11-27T15:21:22.123456+01:00").is_none());
+    }
+
+    #[test]
+    fn the_hand_written_encoding_is_serde_json_s() {
+        let tricky = event()
+            .with_reason("quote \" backslash \\ newline \n tab \t nul \u{0} del \u{7f} é 🦀")
+            .with_source("10.0.0.1:443")
+            .with_detail("n", 42)
+            .with_detail("f", -1.5)
+            .with_detail(
+                "list",
+                serde_json::json!(["a\"b", 1, null, {"k": "v\u{1}"}]),
+            )
+            .with_detail("ctl\u{2}key", true);
+        for e in [event(), tricky] {
+            let mut ours = Vec::new();
+            write_canonical(
+                &mut ours,
+                12_345,
+                "2026-11-27T14:21:22.123456Z",
+                &e,
+                &ChainHash::ZERO,
+            )
+            .unwrap();
+            let wire = WireOut::new(
+                12_345,
+                "2026-11-27T14:21:22.123456Z",
+                &e,
+                &ChainHash::ZERO,
+                None,
+            );
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&wire).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn the_size_check_refuses_exactly_the_lines_that_are_too_long() {
+        // Around the limit the bound defers to an exact count.
+        for len in [60_000, 65_000, 65_100, 65_200, 66_000] {
+            let e = event().with_detail("blob", "x".repeat(len));
+            let (line, _) = encode_line(
+                u64::MAX - 1,
+                "0000-00-00T00:00:00.000000Z",
+                &e,
+                &ChainHash::ZERO,
+            )
+            .map_or((Vec::new(), ChainHash::ZERO), |ok| ok);
+            let fits = !line.is_empty();
+            assert_eq!(check_size(&e).is_ok(), fits, "{len}");
+        }
+        let quotes = event().with_detail("q", "\"".repeat(33_000));
+        assert!(check_size(&quotes).is_err(), "escapes count double");
     }
 
     #[test]

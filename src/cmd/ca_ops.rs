@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// Connections one client address (IPv6: one /64) may hold at once.
     #[arg(long, default_value = "32")]
     max_connections_per_ip: usize,
+    /// Rotate the audit log's file once it holds this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    audit_max_file_bytes: Option<u64>,
+    /// Rotate the audit log's file once its first record is this old (e.g. 1d).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_duration_arg)]
+    audit_max_file_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +146,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         enroll_burst: args.enroll_burst,
         sign_per_second: args.sign_rate,
         sign_burst: args.sign_burst,
+        audit_rotation: meshgate_audit::Rotation {
+            max_bytes: args.audit_max_file_bytes,
+            max_age: args.audit_max_file_age,
+        },
         ..ServeConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -52,6 +52,8 @@ rate = 5
 [audit]
 path = "audit.jsonl"
 log_allows = true
+max_file_bytes = 104857600
+max_file_age = "1d"
 "#;
 
 #[test]
@@ -79,6 +81,14 @@ fn the_full_example_parses() {
     );
     assert_eq!((limits[1].rate.get(), limits[1].burst.get()), (5, 5));
     assert!(c.audit_path.as_ref().unwrap().log_allows);
+    assert_eq!(
+        c.audit_path.as_ref().unwrap().max_file_bytes,
+        Some(100 << 20)
+    );
+    assert_eq!(
+        c.audit_path.as_ref().unwrap().max_file_age,
+        Some(Duration::from_secs(86_400))
+    );
     let c = c.rebase(Path::new("/etc/meshgate"));
     assert_eq!(c.state_dir, Path::new("/etc/meshgate/state"));
     assert_eq!(
