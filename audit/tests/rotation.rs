@@ -249,3 +249,26 @@ fn a_signed_sink_checkpoints_while_idle_and_at_shutdown() {
     assert_eq!(last_line(&log.path)["details"]["trigger"], "shutdown");
     assert_eq!(log.verify(&log.files()).damage, None);
 }
+
+#[test]
+fn export_reads_a_rotated_log_as_one_log() {
+    let log = log();
+    let mut w = log.writer(bytes(6000));
+    for i in 1..=40 {
+        w.append(&event(i)).unwrap();
+    }
+    w.close().unwrap();
+    let mut files = log.files();
+    assert!(files.len() >= 2);
+    files.reverse();
+    let mut out = Vec::new();
+    let options = meshgate_audit::ExportOptions::new(meshgate_audit::ExportFormat::Jsonl);
+    let report = meshgate_audit::export(&files, &options, &mut out, Path::new("out")).unwrap();
+    let total = log.verify(&log.files()).chain.records;
+    assert_eq!(report.inputs.len(), 1);
+    let input = &report.inputs[0];
+    assert_eq!((&input.path, input.damage), (&log.path, None));
+    assert_eq!((input.records, report.exported), (total, total));
+    assert!(input.exported.contiguous);
+    assert_eq!(out.iter().filter(|b| **b == b'\n').count() as u64, total);
+}

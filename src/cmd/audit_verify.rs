@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use meshgate_audit::{LogReport, VerifyOptions, group_files, trust_roots_from_pem, verify_log};
+use meshgate_audit::{
+    Damage, LogReport, VerifyOptions, group_files, trust_roots_from_pem, verify_log,
+};
 
 use super::audit::damage_line;
 use crate::exit::{FAILURE, bad_input};
@@ -72,6 +74,11 @@ fn describe(r: &LogReport, several_files: bool) -> String {
         }
         if let Some(fault) = &damage.checkpoint {
             line.push_str(&format!(" ({fault})"));
+        }
+        if damage.error.kind == Damage::Deleted && damage.error.seq == 1 {
+            line.push_str(
+                " (the chain does not start at seq 1: if the log was rotated, give its older files LOG.<seq> too)",
+            );
         }
         return line;
     }
