@@ -137,6 +137,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.admin
         )));
     }
+    if args.audit_max_file_bytes.is_some_and(|b| b < 64 * 1024) {
+        return Err(bad_input(format!(
+            "--audit-max-file-bytes {} is below 64 KiB; a checkpoint alone takes a few KiB, give e.g. 104857600",
+            args.audit_max_file_bytes.unwrap_or_default()
+        )));
+    }
+    if args
+        .audit_max_file_age
+        .is_some_and(|d| d < std::time::Duration::from_secs(60))
+    {
+        return Err(bad_input(
+            "--audit-max-file-age is under a minute; rotate at most once a minute, give e.g. 1d",
+        ));
+    }
     let cfg = ServeConfig {
         listen: args.listen,
         admin: args.admin,

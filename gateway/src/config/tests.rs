@@ -210,6 +210,18 @@ fn each_value_rule_names_key_and_value() {
         ),
         (
             with(&format!(
+                "{ROUTE}[audit]\npath = \"a.jsonl\"\nmax_file_bytes = 1000\n"
+            )),
+            "audit.max_file_bytes",
+        ),
+        (
+            with(&format!(
+                "{ROUTE}[audit]\npath = \"a.jsonl\"\nmax_file_age = \"10s\"\n"
+            )),
+            "audit.max_file_age",
+        ),
+        (
+            with(&format!(
                 "{INBOUND}[[rate_limit]]\npeer = \"spiffe://bank.example/ns/**/x\"\nrate = 1\n"
             )),
             "rate_limit[0].peer",
