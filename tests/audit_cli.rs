@@ -203,3 +203,46 @@ fn edit(path: &Path, line: usize, from: &str, to: &str) {
     lines[line - 1] = lines[line - 1].replace(from, to);
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
+
+/// The auditor's script in `scripts/` checks the same checkpoints with Python's `cryptography`
+/// (an independent X.509 verifier and ECDSA/Ed25519 implementation), and refuses a bad one.
+#[test]
+fn an_independent_verifier_accepts_every_checkpoint_and_refuses_a_forged_one() {
+    // scripts/test.sh points MESHGATE_PYTHON at a virtualenv with `cryptography` (via py-spiffe).
+    let python = std::env::var("MESHGATE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/audit_checkpoints.py");
+    let run = |bundle: &Path, files: &[PathBuf]| {
+        Command::new(&python)
+            .arg(script)
+            .arg(bundle)
+            .args(files)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {python}: {e}; run the tests through scripts/test.sh")
+            })
+    };
+    for key_type in KeyType::ALL {
+        let (_tmp, files, bundle) = signed_log(key_type);
+        let o = run(&bundle, &files);
+        assert_eq!(o.status.code(), Some(0), "{key_type:?}: {}", out(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains(&format!("checkpoint signed by {CA_ID}: ok")),
+            "{text}"
+        );
+
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        let at = text.find("\"signature\":\"").unwrap() + 13;
+        let flipped = if &text[at..=at] == "A" { "B" } else { "A" };
+        let mut forged = text.clone();
+        forged.replace_range(at..=at, flipped);
+        std::fs::write(&files[0], forged).unwrap();
+        let o = run(&bundle, &files);
+        assert_eq!(o.status.code(), Some(1), "{key_type:?}: {}", out(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("forged checkpoint"),
+            "{}",
+            out(&o)
+        );
+    }
+}
