@@ -1,6 +1,7 @@
-//! The servers' front to the audit log: events go over a bounded channel to one writer thread,
-//! which appends them in batches and syncs once per batch, off the request path; the sync of
-//! one batch overlaps the encoding of the next.
+//! The servers' front to the audit log: each event is encoded on the caller's thread and goes
+//! over a bounded channel to one writer thread, which frames, hashes and appends them in
+//! batches and syncs once per batch, off the request path; the sync of one batch overlaps the
+//! writing of the next.
 
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::record::check_size;
+use crate::record::{Body, encode_body};
 use crate::writer::SYSTEM_ACTOR;
 use crate::{Action, AuditError, AuditEvent, AuditWriter, Outcome};
 
@@ -47,7 +48,9 @@ pub struct AuditSink {
 #[derive(Debug)]
 enum Msg {
     Event {
-        event: AuditEvent,
+        /// Encoded on the caller's thread: the writer thread only frames and hashes it.
+        body: Body,
+        action: Action,
         reply: Option<SyncSender<Result<u64, AuditError>>>,
     },
     Flush(SyncSender<Result<(), AuditError>>),
@@ -80,22 +83,31 @@ impl AuditSink {
     /// Queues `event`; blocks while the queue is full. It is durable once a later
     /// [`AuditSink::flush`] returns `Ok` (or shortly after, when its batch is synced).
     pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
-        check_size(&event)?;
-        self.send(Msg::Event { event, reply: None })
+        let (body, action) = (encode_body(&event)?, event.action);
+        self.send(Msg::Event {
+            body,
+            action,
+            reply: None,
+        })
     }
 
     /// Queues `event` if the queue has room and returns `Ok(true)`; never blocks. When the queue
     /// is full the event is counted, not queued, and `Ok(false)` says so: the writer thread
     /// records the count in a `gap` record after its next batch. Errors are those of `record`.
     pub fn try_record(&self, event: AuditEvent) -> Result<bool, AuditError> {
-        check_size(&event)?;
+        let (body, action) = (encode_body(&event)?, event.action);
         if let Some(cause) = self.failed.get() {
             return Err(AuditError::Failed {
                 cause: cause.clone(),
             });
         }
         let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
-        match tx.try_send(Msg::Event { event, reply: None }) {
+        let msg = Msg::Event {
+            body,
+            action,
+            reply: None,
+        };
+        match tx.try_send(msg) {
             Ok(()) => Ok(true),
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -108,10 +120,11 @@ impl AuditSink {
     /// Queues `event` and waits until the batch holding it is synced to disk; returns its seq.
     /// For events that must not be acknowledged before they are in the log (issuance).
     pub fn record_durable(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        check_size(&event)?;
+        let (body, action) = (encode_body(&event)?, event.action);
         let (reply, done) = sync_channel(1);
         self.send(Msg::Event {
-            event,
+            body,
+            action,
             reply: Some(reply),
         })?;
         done.recv().map_err(|_| AuditError::Closed)?
@@ -237,9 +250,9 @@ struct SyncJob {
     file: Arc<File>,
     durable: Vec<(SyncSender<Result<u64, AuditError>>, u64)>,
     flushes: Vec<SyncSender<Result<(), AuditError>>>,
-    /// The batch's events, freed by the sync thread while it waits for the disk rather than by
-    /// the writer thread, whose time bounds throughput.
-    spent: Vec<AuditEvent>,
+    /// The batch's encoded events, freed by the sync thread while it waits for the disk rather
+    /// than by the writer thread, whose time bounds throughput.
+    spent: Vec<Body>,
 }
 
 /// Syncs a batch's file and answers its callers; a failed sync stops the sink.
@@ -303,12 +316,16 @@ fn write_batch(
     let mut spent = Vec::with_capacity(batch.size_hint().0);
     for msg in batch {
         match msg {
-            Msg::Event { event, reply } => {
-                match writer.append(&event) {
+            Msg::Event {
+                body,
+                action,
+                reply,
+            } => {
+                match writer.append_body(&body) {
                     Ok(seq) => durable.extend(reply.map(|reply| (reply, seq))),
                     Err(e) if writer.failure().is_none() => {
                         // This event alone is refused (e.g. the clock is out of range).
-                        tracing::error!(error = %e, action = ?event.action, "audit event not written");
+                        tracing::error!(error = %e, ?action, "audit event not written");
                         if let Some(reply) = reply {
                             let _ = reply.send(Err(e));
                         }
@@ -320,7 +337,7 @@ fn write_batch(
                         durable.extend(reply.map(|reply| (reply, 0)));
                     }
                 }
-                spent.push(event);
+                spent.push(body);
             }
             Msg::Flush(reply) => flushes.push(reply),
         }

@@ -1,9 +1,12 @@
-//! A record's bytes, fast: the writer encodes each line by hand into one buffer per batch, and
-//! the request path bounds an event's size without encoding it.
+//! A record's bytes, fast: the caller's thread encodes an event's body by hand, and the writer
+//! thread only frames it with seq, time and prev, hashes it, and appends it to one buffer per
+//! batch.
 
 use serde::Serialize;
 
-use super::{ChainHash, HASH_KEY, HASH_SUFFIX_LEN, MAX_LINE_BYTES, WireOut};
+#[cfg(test)]
+use super::WireOut;
+use super::{ChainHash, HASH_KEY, HASH_SUFFIX_LEN, MAX_LINE_BYTES};
 use crate::{AuditError, AuditEvent};
 
 /// Encodes one record: returns its line (newline included) and its hash.
@@ -15,8 +18,40 @@ pub(crate) fn encode_line(
     prev: &ChainHash,
 ) -> Result<(Vec<u8>, ChainHash), AuditError> {
     let mut line = Vec::with_capacity(512);
-    let hash = encode_line_into(&mut line, seq, time, event, prev)?;
+    let hash = encode_line_into(&mut line, seq, time, Middle::Event(event), prev)?;
     Ok((line, hash))
+}
+
+/// An event's encoded middle, `,"component":` through the end of `details`: all of the
+/// canonical JSON but `seq`, `time` and `prev`. The sink encodes it on the caller's thread, so
+/// the one writer thread only frames, hashes and writes.
+#[derive(Debug)]
+pub(crate) struct Body(Vec<u8>);
+
+/// The bytes a line adds to its body at most: `{"seq":` + 20 digits + `,"time":"…"` (27) before,
+/// `,"prev":"<64 hex>"}` after, and `,"hash":"<64 hex>"}` + newline for the `}`.
+const FRAME_MAX: usize = 7 + 20 + 8 + 29 + 75 + 75;
+
+/// Encodes an event's body, refusing one whose line could exceed [`MAX_LINE_BYTES`] whatever
+/// its seq and time.
+pub(crate) fn encode_body(e: &AuditEvent) -> Result<Body, AuditError> {
+    let mut out = Vec::with_capacity(384);
+    write_body(&mut out, e)?;
+    let len = out.len() + FRAME_MAX;
+    if len > MAX_LINE_BYTES {
+        return Err(AuditError::TooLarge {
+            len,
+            max: MAX_LINE_BYTES,
+        });
+    }
+    Ok(Body(out))
+}
+
+/// What goes between `time` and `prev`: an event to encode now, or a body encoded already.
+#[derive(Clone, Copy)]
+pub(crate) enum Middle<'a> {
+    Event(&'a AuditEvent),
+    Body(&'a Body),
 }
 
 /// Appends one record's line (newline included) to `out` and returns its hash; on error `out`
@@ -25,11 +60,11 @@ pub(crate) fn encode_line_into(
     out: &mut Vec<u8>,
     seq: u64,
     time: &str,
-    event: &AuditEvent,
+    middle: Middle<'_>,
     prev: &ChainHash,
 ) -> Result<ChainHash, AuditError> {
     let start = out.len();
-    let result = encode_at(out, start, seq, time, event, prev);
+    let result = encode_at(out, start, seq, time, middle, prev);
     if result.is_err() {
         out.truncate(start);
     }
@@ -41,10 +76,21 @@ fn encode_at(
     start: usize,
     seq: u64,
     time: &str,
-    event: &AuditEvent,
+    middle: Middle<'_>,
     prev: &ChainHash,
 ) -> Result<ChainHash, AuditError> {
-    write_canonical(out, seq, time, event, prev)?;
+    out.extend_from_slice(b"{\"seq\":");
+    std::io::Write::write_fmt(out, format_args!("{seq}"))
+        .map_err(|_| AuditError::Internal("an audit record did not serialize"))?;
+    out.extend_from_slice(b",\"time\":");
+    json_str(out, time)?;
+    match middle {
+        Middle::Event(e) => write_body(out, e)?,
+        Middle::Body(body) => out.extend_from_slice(&body.0),
+    }
+    out.extend_from_slice(b",\"prev\":\"");
+    out.extend_from_slice(&prev.hex_digits());
+    out.extend_from_slice(b"\"}");
     let canonical = out.get(start..).unwrap_or_default();
     let len = canonical.len() + HASH_SUFFIX_LEN;
     if len > MAX_LINE_BYTES {
@@ -63,21 +109,10 @@ fn encode_at(
     Ok(hash)
 }
 
-/// Writes the canonical JSON exactly as `serde_json` writes [`WireOut`] without a hash, by
-/// hand: strings that need no escaping (nearly all) are copied whole, which halves the
-/// writer's cost per record; anything else goes through `serde_json`.
-fn write_canonical(
-    out: &mut Vec<u8>,
-    seq: u64,
-    time: &str,
-    e: &AuditEvent,
-    prev: &ChainHash,
-) -> Result<(), AuditError> {
-    out.extend_from_slice(b"{\"seq\":");
-    std::io::Write::write_fmt(out, format_args!("{seq}"))
-        .map_err(|_| AuditError::Internal("an audit record did not serialize"))?;
-    out.extend_from_slice(b",\"time\":");
-    json_str(out, time)?;
+/// Writes an event's body exactly as `serde_json` writes those fields of [`WireOut`], by hand:
+/// strings that need no escaping (nearly all) are copied whole; anything else goes through
+/// `serde_json`.
+fn write_body(out: &mut Vec<u8>, e: &AuditEvent) -> Result<(), AuditError> {
     out.extend_from_slice(b",\"component\":");
     json(out, &e.component)?;
     out.extend_from_slice(b",\"actor\":");
@@ -112,9 +147,7 @@ fn write_canonical(
             other => json(out, other)?,
         }
     }
-    out.extend_from_slice(b"},\"prev\":\"");
-    out.extend_from_slice(&prev.hex_digits());
-    out.extend_from_slice(b"\"}");
+    out.push(b'}');
     Ok(())
 }
 
@@ -164,86 +197,6 @@ fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), Audit
         .map_err(|_| AuditError::Internal("an audit record did not serialize"))
 }
 
-/// Refuses an event whose record could exceed [`MAX_LINE_BYTES`], whatever its seq and time.
-/// Callers pay this once per event on the request path, so a cheap upper bound settles the
-/// usual small event; only a large one is serialized (counted, not kept or hashed).
-pub(crate) fn check_size(event: &AuditEvent) -> Result<(), AuditError> {
-    const LONGEST_TIME: &str = "0000-00-00T00:00:00.000000Z";
-    if size_bound(event) <= MAX_LINE_BYTES {
-        return Ok(());
-    }
-    let mut counter = Counter(0);
-    let wire = WireOut::new(u64::MAX - 1, LONGEST_TIME, event, &ChainHash::ZERO, None);
-    serde_json::to_writer(&mut counter, &wire)
-        .map_err(|_| AuditError::Internal("an audit record did not serialize"))?;
-    // The line is the canonical JSON less its `}`, plus the hash suffix and the newline.
-    let len = counter.0 + HASH_SUFFIX_LEN;
-    if len > MAX_LINE_BYTES {
-        return Err(AuditError::TooLarge {
-            len,
-            max: MAX_LINE_BYTES,
-        });
-    }
-    Ok(())
-}
-
-/// More bytes than the event's line can take: every string byte counted as a six-byte
-/// `\u00XX` escape, every number at its longest, the fixed fields at their longest.
-fn size_bound(event: &AuditEvent) -> usize {
-    /// seq, time, the enums, the keys, `prev` and `hash`, with room to spare.
-    const FIXED: usize = 512;
-    let text = |s: &str| s.len().saturating_mul(6).saturating_add(2);
-    let opt = |s: &Option<String>| s.as_deref().map_or(4, text);
-    [
-        text(&event.actor),
-        text(&event.subject),
-        opt(&event.reason),
-        opt(&event.source),
-        opt(&event.request_id),
-        opt(&event.trust_domain),
-        event
-            .details
-            .iter()
-            .map(|(k, v)| text(k).saturating_add(value_bound(v)).saturating_add(2))
-            .fold(2, usize::saturating_add),
-    ]
-    .into_iter()
-    .fold(FIXED, usize::saturating_add)
-}
-
-fn value_bound(v: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    let text = |s: &str| s.len().saturating_mul(6).saturating_add(2);
-    match v {
-        Value::Null | Value::Bool(_) => 5,
-        // The longest f64 or u64 in serde_json's spelling is under 32 bytes.
-        Value::Number(_) => 32,
-        Value::String(s) => text(s),
-        Value::Array(a) => a
-            .iter()
-            .map(|v| value_bound(v).saturating_add(1))
-            .fold(2, usize::saturating_add),
-        Value::Object(o) => o
-            .iter()
-            .map(|(k, v)| text(k).saturating_add(value_bound(v)).saturating_add(2))
-            .fold(2, usize::saturating_add),
-    }
-}
-
-/// A writer that only counts.
-struct Counter(usize);
-
-impl std::io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,15 +226,22 @@ mod tests {
             )
             .with_detail("ctl\u{2}key", true);
         for e in [event(), tricky] {
-            let mut ours = Vec::new();
-            write_canonical(
-                &mut ours,
+            let (line, _) =
+                encode_line(12_345, "2026-11-27T14:21:22.123456Z", &e, &ChainHash::ZERO).unwrap();
+            let text = String::from_utf8(line).unwrap();
+            let ours = format!("{}}}", &text[..text.rfind(",\"hash\":\"").unwrap()]);
+            // The body encoded apart frames into the same line.
+            let body = encode_body(&e).unwrap();
+            let mut framed = Vec::new();
+            encode_line_into(
+                &mut framed,
                 12_345,
                 "2026-11-27T14:21:22.123456Z",
-                &e,
+                Middle::Body(&body),
                 &ChainHash::ZERO,
             )
             .unwrap();
+            assert_eq!(String::from_utf8(framed).unwrap(), text);
             let wire = WireOut::new(
                 12_345,
                 "2026-11-27T14:21:22.123456Z",
@@ -289,10 +249,7 @@ mod tests {
                 &ChainHash::ZERO,
                 None,
             );
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                serde_json::to_string(&wire).unwrap()
-            );
+            assert_eq!(ours, serde_json::to_string(&wire).unwrap());
         }
     }
 
@@ -318,7 +275,7 @@ mod tests {
 
     #[test]
     fn the_size_check_refuses_exactly_the_lines_that_are_too_long() {
-        // Around the limit the bound defers to an exact count.
+        // The body is refused exactly when the line at the longest seq and time would be.
         for len in [60_000, 65_000, 65_100, 65_200, 66_000] {
             let e = event().with_detail("blob", "x".repeat(len));
             let (line, _) = encode_line(
@@ -329,9 +286,9 @@ mod tests {
             )
             .map_or((Vec::new(), ChainHash::ZERO), |ok| ok);
             let fits = !line.is_empty();
-            assert_eq!(check_size(&e).is_ok(), fits, "{len}");
+            assert_eq!(encode_body(&e).is_ok(), fits, "{len}");
         }
         let quotes = event().with_detail("q", "\"".repeat(33_000));
-        assert!(check_size(&quotes).is_err(), "escapes count double");
+        assert!(encode_body(&quotes).is_err(), "escapes count double");
     }
 }

@@ -15,7 +15,7 @@ mod encode;
 
 #[cfg(test)]
 pub(crate) use encode::encode_line;
-pub(crate) use encode::{check_size, encode_line_into};
+pub(crate) use encode::{Body, Middle, encode_body, encode_line_into};
 
 /// The longest line, newline included, a log may hold. Longer events are refused when written
 /// and longer lines are malformed when read, so readers run in constant memory.

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use self::file::{ReadAt, is_at, open_locked};
 use self::upkeep::Checkpointing;
 use crate::checkpoint::{CheckpointPolicy, CheckpointSigner, Trigger};
-use crate::record::{encode_line_into, format_time};
+use crate::record::{Body, Middle, encode_line_into, format_time};
 use crate::rotation::{Rotation, newest_rotated};
 use crate::verify::{Scan, Start, VerifySummary, scan};
 use crate::{
@@ -244,7 +244,7 @@ impl AuditWriter {
             .with_detail("last_good_seq", chain.last_seq)
             .with_detail("damage", damage.code());
             let now = writer.clock.now();
-            let recorded_at = writer.append_at(&event, now)?;
+            let recorded_at = writer.append_at(Middle::Event(&event), now)?;
             report.recovered = Some(Recovery {
                 damage,
                 bytes_dropped,
@@ -266,23 +266,32 @@ impl AuditWriter {
     /// seq. The record's time is the clock's now. May rotate the file first, and write a
     /// checkpoint after the record.
     pub fn append(&mut self, event: &AuditEvent) -> Result<u64, AuditError> {
+        self.append_middle(Middle::Event(event))
+    }
+
+    /// [`AuditWriter::append`] for an event whose body the caller's thread encoded.
+    pub(crate) fn append_body(&mut self, body: &Body) -> Result<u64, AuditError> {
+        self.append_middle(Middle::Body(body))
+    }
+
+    fn append_middle(&mut self, middle: Middle<'_>) -> Result<u64, AuditError> {
         self.check()?;
         self.lock_and_catch_up()?;
         let now = self.clock.now();
         self.rotate_if_due(now)?;
-        let seq = self.append_at(event, now)?;
+        let seq = self.append_at(middle, now)?;
         self.checkpoint_if_counted(now)?;
         Ok(seq)
     }
 
     /// Encodes one record at `now` into the buffer; writes the buffer out when it is full.
-    fn append_at(&mut self, event: &AuditEvent, now: OffsetDateTime) -> Result<u64, AuditError> {
+    fn append_at(&mut self, middle: Middle<'_>, now: OffsetDateTime) -> Result<u64, AuditError> {
         let seq = self.next_seq;
         if seq == u64::MAX {
             return Err(AuditError::Internal("audit sequence numbers exhausted"));
         }
         let time = format_time(now)?;
-        self.head = encode_line_into(&mut self.buf, seq, &time, event, &self.head)?;
+        self.head = encode_line_into(&mut self.buf, seq, &time, middle, &self.head)?;
         self.next_seq = seq.saturating_add(1);
         self.file_first.get_or_insert((seq, now));
         if self.buf.len() >= WRITE_CHUNK {

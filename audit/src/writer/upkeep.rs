@@ -121,7 +121,7 @@ impl AuditWriter {
         let signed = checkpoint::sign(&*signer, self.component, &policy, trigger, &time, now, head);
         match signed {
             Ok(event) => {
-                let seq = self.append_at(&event, now)?;
+                let seq = self.append_at(crate::record::Middle::Event(&event), now)?;
                 if let Some(cp) = &mut self.checkpoints {
                     cp.last_seq = seq;
                     cp.last_time = now;
