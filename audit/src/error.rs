@@ -11,7 +11,10 @@ pub enum AuditError {
     #[error("{path}: {error}; tampering is not a crash, so the log was left as it is")]
     Chain { path: PathBuf, error: ChainError },
 
-    // --- the caller's event ---
+    // --- the caller's input ---
+    /// A trust bundle given to verify checkpoints is unusable.
+    #[error("{0}")]
+    Bundle(String),
     /// The event's record would be longer than [`crate::MAX_LINE_BYTES`].
     #[error("audit record of {len} bytes is longer than the {max}-byte limit; keep details small")]
     TooLarge { len: usize, max: usize },
@@ -73,7 +76,10 @@ pub struct ChainError {
 ///
 /// `seq` in [`ChainError`] names: for `Edited`, `Truncated` and `Malformed`, the seq the damaged
 /// line should hold (one after the last good record); for `Deleted`, the first missing seq; for
-/// `Reordered`, the seq that turns up late; for `Inserted`, the seq the extra record claims.
+/// `Reordered`, the seq that turns up late; for `Inserted`, the seq the extra record claims;
+/// for `ForgedCheckpoint`, the checkpoint's own seq; for `TruncatedAfterCheckpoint`, the first
+/// seq after the last checkpoint (the first record no signature covers); for `Unsigned`, the
+/// first seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Damage {
@@ -95,6 +101,17 @@ pub enum Damage {
     /// A line is not a well-formed audit record (not JSON, a missing or unknown field, too long).
     #[error("malformed line (not an audit record)")]
     Malformed,
+    /// A checkpoint does not hold together, or (with a trust bundle) its certificate chain or
+    /// signature does not verify.
+    #[error("forged checkpoint")]
+    ForgedCheckpoint,
+    /// With a trust bundle: the records after the last checkpoint are more, or span longer,
+    /// than the interval that checkpoint promised, so checkpoints that were due are missing.
+    #[error("truncated after the last checkpoint (a checkpoint that was due is missing)")]
+    TruncatedAfterCheckpoint,
+    /// With a trust bundle: a log with records and not one checkpoint.
+    #[error("unsigned (no checkpoint)")]
+    Unsigned,
 }
 
 impl Damage {
@@ -107,6 +124,9 @@ impl Damage {
             Self::Inserted => "inserted",
             Self::Truncated => "truncated",
             Self::Malformed => "malformed",
+            Self::ForgedCheckpoint => "forged_checkpoint",
+            Self::TruncatedAfterCheckpoint => "truncated_after_checkpoint",
+            Self::Unsigned => "unsigned",
         }
     }
 }

@@ -147,6 +147,8 @@ pub enum Action {
     /// Events were not written because the sink's queue was full (written by this crate;
     /// details `count`: how many).
     Gap,
+    /// A signed checkpoint of the chain head (written by this crate; see the crate docs).
+    Checkpoint,
     /// A gateway refused a request (policy, rate limit, or a request it cannot decide).
     RequestDeny,
     /// A gateway let a request through (recorded when its config asks for allows too).

@@ -49,20 +49,28 @@
 //!     prev = rec["hash"]
 //! ```
 //!
-//! The chain shows changes to records, not the loss of records off the end on a line
-//! boundary; signed checkpoints of the chain head will.
+//! The chain shows changes to records; signed checkpoints (see `docs/audit.md`) sign the chain
+//! head with the component's SVID key, so that a log verifies against the trust bundle alone
+//! and records cut off after the signed part show. Files rotate by size or age, the chain
+//! going on from file to file.
 
 #![forbid(unsafe_code)]
 
+mod checkpoint;
 mod clock;
 mod error;
 mod event;
 mod export;
 mod record;
+mod rotation;
 mod sink;
 mod verify;
+mod verify_logs;
 mod writer;
 
+pub use checkpoint::{
+    CheckpointFault, CheckpointPolicy, CheckpointSigner, Trigger, trust_roots_from_pem,
+};
 pub use clock::{Clock, SystemClock};
 pub use error::{AuditError, ChainError, Damage};
 pub use event::{Action, AuditEvent, Component, Outcome};
@@ -71,6 +79,8 @@ pub use export::{
     OCSF_VERSION, OcsfClass, OcsfClassCount, export,
 };
 pub use record::{ChainHash, MAX_LINE_BYTES, Record};
+pub use rotation::{LogFiles, Rotation, group_files, rotated_name};
 pub use sink::{AuditSink, MAX_BATCH};
 pub use verify::{Records, VerifySummary, read_records, verify_file};
-pub use writer::{AuditWriter, OpenReport, Recovery, SYSTEM_ACTOR};
+pub use verify_logs::{LogDamage, LogReport, VerifyOptions, verify_log};
+pub use writer::{AuditWriter, LogOptions, OpenReport, Recovery, SYSTEM_ACTOR};

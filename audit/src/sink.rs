@@ -1,17 +1,26 @@
-//! The servers' front to the audit log: events go over a bounded channel to one writer thread,
-//! which appends them in batches and syncs once per batch, off the request path.
+//! The servers' front to the audit log: each event is encoded on the caller's thread and goes
+//! over a bounded channel to one writer thread, which frames, hashes and appends them in
+//! batches and syncs once per batch, off the request path; the sync of one batch overlaps the
+//! writing of the next.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SendError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crate::record::check_size;
+use crate::record::{Body, encode_body};
 use crate::writer::SYSTEM_ACTOR;
 use crate::{Action, AuditError, AuditEvent, AuditWriter, Outcome};
 
-/// The most events the writer thread appends before it syncs.
-pub const MAX_BATCH: usize = 1024;
+/// The most events the writer thread appends before it syncs: everything queued, up to this.
+pub const MAX_BATCH: usize = 65_536;
+
+/// How often an idle writer thread looks for a checkpoint that is due.
+const TICK: Duration = Duration::from_secs(1);
 
 /// A handle to the audit writer thread. Share it by reference (it is `Sync`) or in an `Arc`.
 ///
@@ -22,7 +31,9 @@ pub const MAX_BATCH: usize = 1024;
 /// many, events are missing there. If a write or sync fails the writer stops, the failure is
 /// logged (`tracing`) and every later call returns [`AuditError::Failed`], so a caller learns
 /// that events it handed over with `record` may be lost. Dropping the sink drains the queue,
-/// syncs, and joins the thread; [`AuditSink::shutdown`] does the same and returns the error.
+/// syncs, closes the log (a `shutdown` checkpoint when the writer signs) and joins the thread;
+/// [`AuditSink::shutdown`] does the same and returns the error. With a signer the writer
+/// thread also writes the checkpoints that come due while no event arrives.
 #[derive(Debug)]
 pub struct AuditSink {
     tx: Option<SyncSender<Msg>>,
@@ -30,12 +41,16 @@ pub struct AuditSink {
     failed: Arc<OnceLock<String>>,
     /// Events `try_record` could not queue since the last `gap` record.
     dropped: Arc<AtomicU64>,
+    /// Batches synced so far.
+    batches: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 enum Msg {
     Event {
-        event: AuditEvent,
+        /// Encoded on the caller's thread: the writer thread only frames and hashes it.
+        body: Body,
+        action: Action,
         reply: Option<SyncSender<Result<u64, AuditError>>>,
     },
     Flush(SyncSender<Result<(), AuditError>>),
@@ -47,40 +62,52 @@ impl AuditSink {
         let (tx, rx) = sync_channel(capacity.max(1));
         let failed = Arc::new(OnceLock::new());
         let dropped = Arc::new(AtomicU64::new(0));
+        let batches = Arc::new(AtomicU64::new(0));
         let thread_failed = Arc::clone(&failed);
         let thread_dropped = Arc::clone(&dropped);
+        let thread_batches = Arc::clone(&batches);
         let path = writer.path().to_owned();
         let thread = std::thread::Builder::new()
             .name("meshgate-audit".into())
-            .spawn(move || run(writer, &rx, &thread_failed, &thread_dropped))
+            .spawn(move || run(writer, &rx, &thread_failed, &thread_dropped, thread_batches))
             .map_err(AuditError::io(path, "start the audit writer thread"))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
             failed,
             dropped,
+            batches,
         })
     }
 
     /// Queues `event`; blocks while the queue is full. It is durable once a later
     /// [`AuditSink::flush`] returns `Ok` (or shortly after, when its batch is synced).
     pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
-        check_size(&event)?;
-        self.send(Msg::Event { event, reply: None })
+        let (body, action) = (encode_body(&event)?, event.action);
+        self.send(Msg::Event {
+            body,
+            action,
+            reply: None,
+        })
     }
 
     /// Queues `event` if the queue has room and returns `Ok(true)`; never blocks. When the queue
     /// is full the event is counted, not queued, and `Ok(false)` says so: the writer thread
     /// records the count in a `gap` record after its next batch. Errors are those of `record`.
     pub fn try_record(&self, event: AuditEvent) -> Result<bool, AuditError> {
-        check_size(&event)?;
+        let (body, action) = (encode_body(&event)?, event.action);
         if let Some(cause) = self.failed.get() {
             return Err(AuditError::Failed {
                 cause: cause.clone(),
             });
         }
         let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
-        match tx.try_send(Msg::Event { event, reply: None }) {
+        let msg = Msg::Event {
+            body,
+            action,
+            reply: None,
+        };
+        match tx.try_send(msg) {
             Ok(()) => Ok(true),
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -93,10 +120,11 @@ impl AuditSink {
     /// Queues `event` and waits until the batch holding it is synced to disk; returns its seq.
     /// For events that must not be acknowledged before they are in the log (issuance).
     pub fn record_durable(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        check_size(&event)?;
+        let (body, action) = (encode_body(&event)?, event.action);
         let (reply, done) = sync_channel(1);
         self.send(Msg::Event {
-            event,
+            body,
+            action,
             reply: Some(reply),
         })?;
         done.recv().map_err(|_| AuditError::Closed)?
@@ -107,6 +135,12 @@ impl AuditSink {
         let (reply, done) = sync_channel(1);
         self.send(Msg::Flush(reply))?;
         done.recv().map_err(|_| AuditError::Closed)?
+    }
+
+    /// How many batches have been synced (fdatasync) so far: events over batches is the
+    /// average batch.
+    pub fn batches_synced(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// Drains the queue, syncs, stops the thread, and returns the first error it met.
@@ -149,15 +183,40 @@ impl Drop for AuditSink {
     }
 }
 
-/// The writer thread: one batch per wake-up until every sender is gone, then a final sync.
+/// The writer thread: one batch per wake-up (everything queued, up to [`MAX_BATCH`]) until
+/// every sender is gone, then a clean close. A second thread syncs each batch (fdatasync) and
+/// answers its waiting callers while this one encodes and writes the next, so encoding
+/// overlaps the disk's latency and batches grow while the disk is slow.
 fn run(
     mut writer: AuditWriter,
     rx: &Receiver<Msg>,
-    failed: &OnceLock<String>,
+    failed: &Arc<OnceLock<String>>,
     dropped: &AtomicU64,
+    batches: Arc<AtomicU64>,
 ) -> Result<(), AuditError> {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
+    // One batch syncing and one waiting: more would only hold replies back.
+    let (jobs, job_rx) = sync_channel::<SyncJob>(1);
+    let syncer_failed = Arc::clone(failed);
+    let path = writer.path().to_owned();
+    let syncer = std::thread::Builder::new()
+        .name("meshgate-audit-sync".into())
+        .spawn(move || {
+            while let Ok(job) = job_rx.recv() {
+                sync_job(job, &syncer_failed, &path);
+                batches.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .map_err(AuditError::io(writer.path(), "start the audit sync thread"))?;
+    let mut batch = Vec::with_capacity(1024);
+    loop {
+        let first = match rx.recv_timeout(TICK) {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => {
+                upkeep(&mut writer, failed);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -165,17 +224,63 @@ fn run(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        write_batch(&mut writer, batch.drain(..), failed, dropped);
+        if let Some(job) = write_batch(&mut writer, batch.drain(..), failed, dropped)
+            && let Err(SendError(job)) = jobs.send(job)
+        {
+            // The sync thread is gone (it cannot be, short of a panic): sync here instead.
+            sync_job(job, failed, writer.path());
+        }
     }
-    if failed.get().is_some() {
-        return Ok(());
+    drop(jobs);
+    if syncer.join().is_err() {
+        return Err(AuditError::Internal("the audit sync thread panicked"));
     }
     // Events refused after the last batch still leave their mark.
-    write_batch(&mut writer, std::iter::empty(), failed, dropped);
+    if let Some(job) = write_batch(&mut writer, std::iter::empty(), failed, dropped) {
+        sync_job(job, failed, writer.path());
+    }
     if failed.get().is_some() {
         return Ok(());
     }
-    writer.sync()
+    writer.close()
+}
+
+/// A written batch waiting for its sync, and the callers waiting for that.
+struct SyncJob {
+    file: Arc<File>,
+    durable: Vec<(SyncSender<Result<u64, AuditError>>, u64)>,
+    flushes: Vec<SyncSender<Result<(), AuditError>>>,
+    /// The batch's encoded events, freed by the sync thread while it waits for the disk rather
+    /// than by the writer thread, whose time bounds throughput.
+    spent: Vec<Body>,
+}
+
+/// Syncs a batch's file and answers its callers; a failed sync stops the sink.
+fn sync_job(job: SyncJob, failed: &OnceLock<String>, path: &std::path::Path) {
+    if failed.get().is_none()
+        && let Err(e) = job.file.sync_data()
+    {
+        let error = AuditError::io(path, "sync")(e);
+        tracing::error!(%error, "audit log sync failed");
+        failed.get_or_init(|| error.to_string());
+    }
+    answer(job.durable, job.flushes, failed.get());
+    drop(job.spent);
+}
+
+/// An idle moment: a checkpoint if one is due (the writer signs within its interval even when
+/// no event comes).
+fn upkeep(writer: &mut AuditWriter, failed: &OnceLock<String>) {
+    if let Some(cause) = failed.get() {
+        writer.fail(cause.clone());
+        return;
+    }
+    if let Err(e) = writer.checkpoint_if_due() {
+        tracing::error!(error = %e, "audit checkpoint failed");
+        if let Some(cause) = writer.failure() {
+            failed.get_or_init(|| cause.to_owned());
+        }
+    }
 }
 
 /// The `gap` record for `count` events that found the queue full.
@@ -193,31 +298,47 @@ fn gap(writer: &AuditWriter, count: u64) -> AuditEvent {
 
 /// Appends a batch and then, if events were refused for a full queue meanwhile, the `gap`
 /// record that counts them: they are missing at about this place in the log (they were refused
-/// while this batch was being taken or written). Syncs once, then answers the callers waiting.
+/// while this batch was being taken or written). Hands the batch to the kernel and returns the
+/// sync it needs; after a failure answers the callers at once and returns `None`.
 fn write_batch(
     writer: &mut AuditWriter,
     batch: impl Iterator<Item = Msg>,
     failed: &OnceLock<String>,
     dropped: &AtomicU64,
-) {
+) -> Option<SyncJob> {
+    if let Some(cause) = failed.get()
+        && writer.failure().is_none()
+    {
+        writer.fail(cause.clone());
+    }
     let mut durable = Vec::new();
     let mut flushes = Vec::new();
+    let mut spent = Vec::with_capacity(batch.size_hint().0);
     for msg in batch {
         match msg {
-            Msg::Event { event, reply } => match writer.append(&event) {
-                Ok(seq) => durable.extend(reply.map(|reply| (reply, seq))),
-                Err(e) if writer.failure().is_none() => {
-                    // This event alone is refused (e.g. the clock is out of range).
-                    tracing::error!(error = %e, action = ?event.action, "audit event not written");
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(e));
+            Msg::Event {
+                body,
+                action,
+                reply,
+            } => {
+                match writer.append_body(&body) {
+                    Ok(seq) => durable.extend(reply.map(|reply| (reply, seq))),
+                    Err(e) if writer.failure().is_none() => {
+                        // This event alone is refused (e.g. the clock is out of range).
+                        tracing::error!(error = %e, ?action, "audit event not written");
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                    Err(e) => {
+                        if failed.get().is_none() {
+                            tracing::error!(error = %e, "audit writer failed");
+                        }
+                        durable.extend(reply.map(|reply| (reply, 0)));
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit writer failed");
-                    durable.extend(reply.map(|reply| (reply, 0)));
-                }
-            },
+                spent.push(body);
+            }
             Msg::Flush(reply) => flushes.push(reply),
         }
     }
@@ -234,18 +355,42 @@ fn write_batch(
             }
         }
     }
-    if writer.failure().is_none()
-        && let Err(e) = writer.sync()
-    {
-        tracing::error!(error = %e, "audit writer failed");
+    let file = match writer.write_out() {
+        Ok(file) => Some(file),
+        Err(e) => {
+            if failed.get().is_none() {
+                tracing::error!(error = %e, "audit writer failed");
+            }
+            None
+        }
+    };
+    if let Some(cause) = writer.failure() {
+        failed.get_or_init(|| cause.to_owned());
     }
-    let failure = writer
-        .failure()
-        .map(|cause| failed.get_or_init(|| cause.to_owned()));
+    match file {
+        Some(file) if failed.get().is_none() => Some(SyncJob {
+            file,
+            durable,
+            flushes,
+            spent,
+        }),
+        _ => {
+            answer(durable, flushes, failed.get());
+            None
+        }
+    }
+}
+
+/// Answers the callers waiting for a batch: its seqs, or the failure that stopped the writer.
+/// A caller that gave up waiting is gone; its reply has nowhere to go.
+fn answer(
+    durable: Vec<(SyncSender<Result<u64, AuditError>>, u64)>,
+    flushes: Vec<SyncSender<Result<(), AuditError>>>,
+    failure: Option<&String>,
+) {
     let error = || AuditError::Failed {
         cause: failure.cloned().unwrap_or_default(),
     };
-    // A caller that gave up waiting is gone; its reply has nowhere to go.
     for (reply, seq) in durable {
         let _ = reply.send(if failure.is_some() {
             Err(error())

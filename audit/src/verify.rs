@@ -21,16 +21,28 @@ pub struct VerifySummary {
     pub head_hash: ChainHash,
 }
 
+impl VerifySummary {
+    /// No records.
+    pub const EMPTY: Self = Self {
+        records: 0,
+        first_seq: 0,
+        last_seq: 0,
+        head_hash: ChainHash::ZERO,
+    };
+}
+
 /// Checks the whole chain of the log at `path`: every record's own hash, and that each record
 /// links to the one before with the next seq.
 ///
 /// Stops at the first damage and returns [`AuditError::Chain`]; [`AuditError::chain`] gives the
-/// seq, line and [`Damage`]. A deleted record is reported at the first missing seq. Records cut
-/// off the end on a line boundary cannot be seen yet (signed checkpoints will show them).
+/// seq, line and [`Damage`]. A deleted record is reported at the first missing seq. The log
+/// must start the chain (seq 1); checkpoints are not looked at, and records cut off the end on
+/// a line boundary do not show: [`verify_logs`](crate::verify_logs) checks rotation sets and
+/// checkpoints.
 pub fn verify_file(path: impl AsRef<Path>) -> Result<VerifySummary, AuditError> {
     let path = path.as_ref();
     let file = File::open(path).map_err(AuditError::io(path, "open"))?;
-    match scan(file).map_err(AuditError::io(path, "read"))? {
+    match scan(file, Start::Genesis).map_err(AuditError::io(path, "read"))? {
         Scan::Sound(summary) => Ok(summary),
         Scan::Damaged { error, .. } => Err(AuditError::Chain {
             path: path.to_owned(),
@@ -103,6 +115,17 @@ impl Iterator for Records {
     }
 }
 
+/// Where a chain must start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// At seq 1 with a zero `prev`: a whole log, or the first file of a rotation set.
+    Genesis,
+    /// Wherever the first record says: a file that continues a rotated one. The writer
+    /// continues such a file; `audit verify`, given the files in order, checks the links
+    /// between them.
+    Anywhere,
+}
+
 /// How a scan of a whole log ended.
 pub(crate) enum Scan {
     Sound(VerifySummary),
@@ -118,13 +141,13 @@ pub(crate) enum Scan {
 }
 
 /// Reads and checks a whole log.
-pub(crate) fn scan(r: impl Read) -> io::Result<Scan> {
+pub(crate) fn scan(r: impl Read, start: Start) -> io::Result<Scan> {
     let mut lines = LineReader::new(r);
-    let mut chain = ChainVerifier::new();
+    let mut chain = ChainVerifier::new(start);
     let mut offset = 0u64;
     while let Some(meta) = lines.next_line()? {
         let before = chain.summary();
-        if let Err(error) = chain.feed(&lines.buf, meta) {
+        if let Err((_, error)) = chain.feed(&lines.buf, meta) {
             let is_final = lines.next_line()?.is_none();
             return Ok(Scan::Damaged {
                 error,
@@ -138,7 +161,7 @@ pub(crate) fn scan(r: impl Read) -> io::Result<Scan> {
     let before = chain.summary();
     match chain.finish() {
         Ok(summary) => Ok(Scan::Sound(summary)),
-        Err(error) => Ok(Scan::Damaged {
+        Err((_, error)) => Ok(Scan::Damaged {
             error,
             offset,
             is_final: false,
@@ -147,46 +170,73 @@ pub(crate) fn scan(r: impl Read) -> io::Result<Scan> {
     }
 }
 
-/// The chain check, fed one line at a time.
+/// The chain check, fed one line at a time, over one file or several files in order (a
+/// rotation set: the chain goes on from file to file; line numbers restart in each).
 ///
 /// A seq gap is held back until it is clear whether a skipped seq turns up later (`Reordered`)
 /// or never does (`Deleted`); any other damage found meanwhile reports the gap as `Deleted`,
-/// since it comes first in the file.
-struct ChainVerifier {
+/// since it comes first. Damage comes with the index of the file it is in.
+#[derive(Debug)]
+pub(crate) struct ChainVerifier {
     expected: u64,
     head: ChainHash,
     records: u64,
     first_seq: u64,
+    file: usize,
     line: u64,
     gap: Option<Gap>,
+    start: Start,
 }
 
-/// Seqs `start..end` were skipped at `line`.
-#[derive(Clone, Copy)]
+/// Seqs `start..end` were skipped at `line` of file `file`.
+#[derive(Debug, Clone, Copy)]
 struct Gap {
     start: u64,
     end: u64,
+    file: usize,
     line: u64,
 }
 
 impl ChainVerifier {
-    fn new() -> Self {
+    pub(crate) fn new(start: Start) -> Self {
         Self {
             expected: 1,
             head: ChainHash::ZERO,
             records: 0,
             first_seq: 0,
+            file: 0,
             line: 0,
             gap: None,
+            start,
         }
     }
 
-    fn feed(&mut self, buf: &[u8], meta: LineMeta) -> Result<(), ChainError> {
+    /// The next lines come from the next file of the set.
+    pub(crate) fn next_file(&mut self) {
+        self.file += 1;
+        self.line = 0;
+    }
+
+    /// The current file's index and line number.
+    pub(crate) fn position(&self) -> (usize, u64) {
+        (self.file, self.line)
+    }
+
+    /// Checks one line; returns its record when the chain accepts it.
+    pub(crate) fn feed(
+        &mut self,
+        buf: &[u8],
+        meta: LineMeta,
+    ) -> Result<Record, (usize, ChainError)> {
         self.line += 1;
         let record = match check_line(buf, meta) {
             Ok(record) => record,
             Err(kind) => return Err(self.damage(kind, self.expected)),
         };
+        if self.records == 0 && self.start == Start::Anywhere {
+            self.expected = record.seq;
+            self.head = record.prev;
+        }
         if record.seq == self.expected {
             if record.prev != self.head {
                 return Err(self.damage(Damage::Inserted, record.seq));
@@ -198,6 +248,7 @@ impl ChainVerifier {
             self.gap = Some(Gap {
                 start: self.expected,
                 end: record.seq,
+                file: self.file,
                 line: self.line,
             });
         } else {
@@ -213,37 +264,47 @@ impl ChainVerifier {
         }
         self.expected = record.seq.saturating_add(1);
         self.head = record.hash;
-        Ok(())
+        Ok(record)
     }
 
-    fn finish(self) -> Result<VerifySummary, ChainError> {
+    pub(crate) fn finish(self) -> Result<VerifySummary, (usize, ChainError)> {
         match self.gap {
-            Some(gap) => Err(ChainError {
-                seq: gap.start,
-                line: gap.line,
-                kind: Damage::Deleted,
-            }),
+            Some(gap) => Err((
+                gap.file,
+                ChainError {
+                    seq: gap.start,
+                    line: gap.line,
+                    kind: Damage::Deleted,
+                },
+            )),
             None => Ok(self.summary()),
         }
     }
 
-    /// The damage to report: a held-back gap comes first, unless this damage explains it.
-    fn damage(&self, kind: Damage, seq: u64) -> ChainError {
+    /// The damage to report, with its file: a held-back gap comes first, unless this damage
+    /// explains it. For damage found by other checks (checkpoints) at the current line.
+    pub(crate) fn damage(&self, kind: Damage, seq: u64) -> (usize, ChainError) {
         match self.gap {
-            Some(gap) if kind != Damage::Reordered => ChainError {
-                seq: gap.start,
-                line: gap.line,
-                kind: Damage::Deleted,
-            },
-            _ => ChainError {
-                seq,
-                line: self.line,
-                kind,
-            },
+            Some(gap) if kind != Damage::Reordered => (
+                gap.file,
+                ChainError {
+                    seq: gap.start,
+                    line: gap.line,
+                    kind: Damage::Deleted,
+                },
+            ),
+            _ => (
+                self.file,
+                ChainError {
+                    seq,
+                    line: self.line,
+                    kind,
+                },
+            ),
         }
     }
 
-    fn summary(&self) -> VerifySummary {
+    pub(crate) fn summary(&self) -> VerifySummary {
         VerifySummary {
             records: self.records,
             first_seq: self.first_seq,
@@ -282,19 +343,22 @@ pub(crate) struct LineMeta {
 #[derive(Debug)]
 pub(crate) struct LineReader<R> {
     inner: BufReader<R>,
-    buf: Vec<u8>,
+    pub(crate) buf: Vec<u8>,
 }
 
+/// Read buffer: large reads for throughput when a whole log is scanned.
+const READ_BUFFER: usize = 64 * 1024;
+
 impl<R: Read> LineReader<R> {
-    fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self {
-            inner: BufReader::new(inner),
+            inner: BufReader::with_capacity(READ_BUFFER, inner),
             buf: Vec::new(),
         }
     }
 
     /// Reads the next line into `self.buf`; `None` at the end of the stream.
-    fn next_line(&mut self) -> io::Result<Option<LineMeta>> {
+    pub(crate) fn next_line(&mut self) -> io::Result<Option<LineMeta>> {
         self.buf.clear();
         let mut meta = LineMeta {
             len_on_disk: 0,

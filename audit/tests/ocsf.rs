@@ -255,6 +255,7 @@ fn each_action_lands_in_the_class_and_activity_of_the_table() {
         (Action::RequestAllow, 4002, 9),
         (Action::ConnectionDeny, 4001, 5),
         (Action::ConnectionAllow, 4001, 1),
+        (Action::Checkpoint, 0, 99),
         (Action::PeerReject, 3002, 1),
         (Action::PolicyReload, 6003, 3),
     ];
@@ -425,8 +426,15 @@ fn every_event_ties_back_to_its_record_and_the_manifest_counts_classes() {
             )
         })
         .collect();
-    let expected: BTreeMap<u64, u64> =
-        [(3002, 0), (4001, 0), (4002, 3), (6003, 3), (6008, 0)].into();
+    let expected: BTreeMap<u64, u64> = [
+        (0, 0),
+        (3002, 0),
+        (4001, 0),
+        (4002, 3),
+        (6003, 3),
+        (6008, 0),
+    ]
+    .into();
     assert_eq!(counts, expected);
     assert_eq!(counts.values().sum::<u64>(), report.exported);
 

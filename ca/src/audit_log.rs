@@ -1,10 +1,14 @@
 //! The CA's audit log, `<ca dir>/audit.jsonl`: a batched, hash-chained writer. Issuance events
 //! are written durably (fsynced) before the certificate is handed out; a full queue makes the CA
-//! wait rather than drop an event.
+//! wait rather than drop an event. The server signs checkpoints with its own SVID.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use meshgate_audit::{AuditEvent, AuditSink, AuditWriter, Component};
+use meshgate_audit::{
+    AuditEvent, AuditSink, AuditWriter, CheckpointPolicy, CheckpointSigner, Component, LogOptions,
+    Rotation, SystemClock,
+};
 
 use crate::error::CaError;
 
@@ -20,10 +24,20 @@ pub struct CaAudit {
 }
 
 impl CaAudit {
-    /// Opens (or creates) the log, repairing a torn tail left by a crash.
-    pub fn open(dir: &Path) -> Result<Self, CaError> {
-        let (writer, report) = AuditWriter::open(dir.join(AUDIT_FILE), Component::Ca)
-            .map_err(|e| CaError::Audit(e.to_string()))?;
+    /// Opens (or creates) the log, repairing a torn tail left by a crash. Checkpoints are
+    /// signed with `signer` (the CA's own SVID, `spiffe://<td>/meshgate/ca`, swapped on
+    /// renewal); files rotate as `rotation` says.
+    pub fn open(
+        dir: &Path,
+        signer: Arc<dyn CheckpointSigner>,
+        rotation: Rotation,
+    ) -> Result<Self, CaError> {
+        let options = LogOptions::new()
+            .signed(signer, CheckpointPolicy::default())
+            .rotation(rotation);
+        let (writer, report) =
+            AuditWriter::open_with(dir.join(AUDIT_FILE), Component::Ca, SystemClock, options)
+                .map_err(|e| CaError::Audit(e.to_string()))?;
         if report.recovered.is_some() {
             tracing::warn!("audit log had a torn tail after a crash; repaired: {report:?}");
         }
@@ -47,7 +61,8 @@ impl CaAudit {
     }
 }
 
-/// Appends one event from a short-lived CLI process and syncs it.
+/// Appends one event from a short-lived CLI process and syncs it. Unsigned: the CLI holds no
+/// SVID; a running (or the next) `ca serve` signs the head that covers it.
 pub fn append_once(dir: &Path, event: AuditEvent) -> Result<(), CaError> {
     let (mut writer, _) = AuditWriter::open(dir.join(AUDIT_FILE), Component::Ca)
         .map_err(|e| CaError::Audit(e.to_string()))?;

@@ -2,13 +2,17 @@
 //! thread without ever waiting for it. A full queue costs the event, never the request: the
 //! audit sink counts what it could not queue and writes a `gap` record with the count, and the
 //! `audit_dropped` metric shows it. Events name identities, methods and paths, never a body or
-//! a header value.
+//! a header value. The log is signed (checkpoints) with the gateway's current SVID and rotated
+//! by `[audit] max_file_bytes` / `max_file_age`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use meshgate_audit::{Action, AuditEvent, AuditSink, AuditWriter, Component, Outcome};
+use meshgate_audit::{
+    Action, AuditEvent, AuditSink, AuditWriter, CheckpointPolicy, CheckpointSigner, Component,
+    LogOptions, Outcome, Rotation, SystemClock,
+};
 use meshgate_identity::SpiffeId;
 
 use crate::config::AuditLog;
@@ -68,9 +72,19 @@ impl Audit {
     pub(crate) fn open(
         config: &AuditLog,
         own_id: &SpiffeId,
+        signer: Arc<dyn CheckpointSigner>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
-        let (writer, report) = AuditWriter::open(&config.path, Component::Gateway)?;
+        let rotation = Rotation {
+            max_bytes: config.max_file_bytes,
+            max_age: config.max_file_age,
+        };
+        // Checkpoints are signed with the gateway's current SVID, swapped on renewal.
+        let options = LogOptions::new()
+            .signed(signer, CheckpointPolicy::default())
+            .rotation(rotation);
+        let (writer, report) =
+            AuditWriter::open_with(&config.path, Component::Gateway, SystemClock, options)?;
         if let Some(recovery) = report.recovered {
             tracing::warn!(
                 path = %config.path.display(),

@@ -93,6 +93,7 @@ pub async fn start(config: &Config, agent: &Agent) -> Result<RunningGateway, Err
         Some(log) => Some(Arc::new(Audit::open(
             log,
             &config.spiffe_id,
+            agent.credentials(),
             metrics.clone(),
         )?)),
         None => None,

@@ -89,6 +89,28 @@ async fn denials_refusals_and_reloads_are_audited_in_a_chain_that_verifies() {
         assert_eq!(summary.records, records.len() as u64);
         assert!(records.iter().all(|r| r["component"] == "gateway"));
 
+        // Signed with the gateway's own SVID from the first record on: the log verifies with
+        // the CA's bundle alone, and so does the CA's own log, signed with its SVID.
+        assert_eq!(records[0]["action"], "checkpoint");
+        assert_eq!(records[0]["actor"], PAYMENTS);
+        let bundle = meshgate_ca::authority::Authority::open(&kit.ca_dir)
+            .unwrap()
+            .bundle()
+            .unwrap()
+            .to_pem();
+        let roots = meshgate_audit::trust_roots_from_pem(&[bundle.as_bytes()]).unwrap();
+        let options = meshgate_audit::VerifyOptions::new().with_bundles(roots);
+        let report = meshgate_audit::verify_log(&[&path], &options).unwrap();
+        assert_eq!(report.damage, None);
+        assert_eq!(report.signer.unwrap().as_str(), PAYMENTS);
+        let ca_log = kit.ca_dir.join("audit.jsonl");
+        let report = meshgate_audit::verify_log(&[&ca_log], &options).unwrap();
+        assert_eq!(report.damage, None, "the CA's log");
+        assert_eq!(
+            report.signer.unwrap().as_str(),
+            "spiffe://bank.example/meshgate/ca"
+        );
+
         let denials = with_action(&records, "request_deny");
         assert_eq!(denials.len(), 1, "{records:#?}");
         let deny = denials[0];
@@ -148,8 +170,8 @@ async fn allows_are_audited_when_the_config_asks_for_them() {
         let upstream = Target::parse(&kit::websocket_echo().await.to_string()).unwrap();
         let path = audit_file(&kit);
         let log = AuditLog {
-            path: path.clone(),
             log_allows: true,
+            ..AuditLog::at(path.clone())
         };
         let payments = kit.payments(upstream, Limits::default(), Some(log)).await;
         let support = kit.client(SUPPORT, &payments).await;

@@ -6,25 +6,29 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use meshgate_audit::{
-    AuditError, ChainError, Damage, ExportFormat, ExportOptions, ExportReport, verify_file,
-};
+use meshgate_audit::{AuditError, ChainError, Damage, ExportFormat, ExportOptions, ExportReport};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::exit::{FAILURE, bad_input};
+use crate::exit::bad_input;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Check audit logs' hash chains and name the first bad record of a damaged one.
+    /// Check audit logs' hash chains and checkpoints and name the first bad record of a
+    /// damaged one.
     ///
-    /// Prints one line per log: "ok" with its record count, seq range and head hash, or the
-    /// first bad record's seq, line and kind of damage. Exits 0 when every log is intact, 1
-    /// otherwise.
+    /// A log's rotated files (LOG.<seq>) and LOG are checked in seq order as one chain. Prints
+    /// one line per log: "ok" with its record count, seq range, head hash and checkpoints, or
+    /// the first bad record's seq, line and kind of damage. Exits 0 when every log is intact,
+    /// 1 otherwise, 2 when a bundle is unusable.
     Verify {
-        /// Audit logs (JSON Lines).
+        /// Audit logs (JSON Lines), rotated files included (e.g. audit.jsonl.* audit.jsonl).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Trust roots (PEM) to check checkpoint signatures against; repeat for several trust
+        /// domains or the bundles before and after a root rotation.
+        #[arg(long, value_name = "FILE")]
+        bundle: Vec<PathBuf>,
     },
     /// Merge logs in time order into JSON Lines, CSV or OCSF, with a manifest.
     ///
@@ -64,7 +68,7 @@ pub enum AuditCommand {
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify { files } => verify(&files),
+        AuditCommand::Verify { files, bundle } => super::audit_verify::run(&files, &bundle),
         AuditCommand::Export {
             logs,
             since,
@@ -95,36 +99,6 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             export(&logs, &options, out.as_deref(), manifest.as_deref())
         }
     }
-}
-
-fn verify(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let mut stdout = std::io::stdout().lock();
-    let mut intact = true;
-    for file in files {
-        let name = file.display();
-        match verify_file(file) {
-            Ok(s) if s.records == 0 => writeln!(stdout, "{name}: ok, 0 records (empty log)")?,
-            Ok(s) => writeln!(
-                stdout,
-                "{name}: ok, {} records, seq {}..{}, head {}",
-                s.records, s.first_seq, s.last_seq, s.head_hash
-            )?,
-            Err(AuditError::Chain { error, .. }) => {
-                intact = false;
-                writeln!(stdout, "{name}: {}", damage_line(&error))?;
-            }
-            Err(e) => {
-                intact = false;
-                stdout.flush()?;
-                eprintln!("error: {e}");
-            }
-        }
-    }
-    Ok(if intact {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(FAILURE)
-    })
 }
 
 fn export(
@@ -204,7 +178,7 @@ fn warn_about_damage(report: &ExportReport) {
 }
 
 /// `seq S (line L): <kind> — <what it means>`.
-fn damage_line(e: &ChainError) -> String {
+pub(super) fn damage_line(e: &ChainError) -> String {
     format!(
         "seq {} (line {}): {} — {}",
         e.seq,
@@ -229,6 +203,15 @@ fn meaning(kind: Damage) -> String {
         }
         Damage::Malformed => {
             "the line is not an audit record (not JSON, a missing or unknown field, or too long)"
+        }
+        Damage::ForgedCheckpoint => {
+            "this checkpoint does not hold together, or its signature or certificate chain does not verify"
+        }
+        Damage::TruncatedAfterCheckpoint => {
+            "from this seq on no checkpoint signs the records although the last one promised one: the log was cut back or rewritten after its last good checkpoint"
+        }
+        Damage::Unsigned => {
+            "the log has no checkpoint, so nothing signed vouches for it (a log written only by offline CLI commands has none; verify it without --bundle)"
         }
         other => return other.to_string(),
     }

@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// Connections one client address (IPv6: one /64) may hold at once.
     #[arg(long, default_value = "32")]
     max_connections_per_ip: usize,
+    /// Rotate the audit log's file once it holds this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    audit_max_file_bytes: Option<u64>,
+    /// Rotate the audit log's file once its first record is this old (e.g. 1d).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_duration_arg)]
+    audit_max_file_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +141,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.admin
         )));
     }
+    if args.audit_max_file_bytes.is_some_and(|b| b < 64 * 1024) {
+        return Err(bad_input(format!(
+            "--audit-max-file-bytes {} is below 64 KiB; a checkpoint alone takes a few KiB, give e.g. 104857600",
+            args.audit_max_file_bytes.unwrap_or_default()
+        )));
+    }
+    if args
+        .audit_max_file_age
+        .is_some_and(|d| d < std::time::Duration::from_secs(60))
+    {
+        return Err(bad_input(
+            "--audit-max-file-age is under a minute; rotate at most once a minute, give e.g. 1d",
+        ));
+    }
     let cfg = ServeConfig {
         listen: args.listen,
         admin: args.admin,
@@ -145,6 +165,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         sign_per_second: args.sign_rate,
         sign_burst: args.sign_burst,
         svid_ttl: args.svid_ttl,
+        audit_rotation: meshgate_audit::Rotation {
+            max_bytes: args.audit_max_file_bytes,
+            max_age: args.audit_max_file_age,
+        },
         ..ServeConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -13,7 +13,7 @@ mod net;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use meshgate_audit::{read_records, verify_file};
+use meshgate_audit::{VerifyOptions, read_records, verify_log};
 
 use calls::Row;
 use capture::AccessLog;
@@ -41,10 +41,17 @@ async fn demo(log: &AccessLog) -> anyhow::Result<ExitCode> {
 
     // Stop everything first so that every audit record is on disk.
     let (dir, ca_dir) = bank.shutdown().await?;
-    println!("\nAudit logs (hash chains checked with meshgate_audit::verify_file):");
+    println!(
+        "\nAudit logs (hash chains and checkpoint signatures checked with the CA's bundle, as `meshgate audit verify --bundle` does):"
+    );
+    let bundle = meshgate_ca::authority::Authority::open(&ca_dir)?
+        .bundle()?
+        .to_pem();
+    let roots = meshgate_audit::trust_roots_from_pem(&[bundle.as_bytes()])?;
+    let options = VerifyOptions::new().with_bundles(roots);
     let mut broken = 0;
     let ca_log = ca_dir.join(meshgate_ca::audit_log::AUDIT_FILE);
-    if !check_audit("CA", &ca_log, dir.path())? {
+    if !check_audit("CA", &ca_log, dir.path(), &options)? {
         broken += 1;
     }
     for name in ["shop", "payments", "ledger"] {
@@ -54,7 +61,7 @@ async fn demo(log: &AccessLog) -> anyhow::Result<ExitCode> {
                 "  {:<12} wrote no audit log (this build has none)",
                 format!("{name} gw")
             );
-        } else if !check_audit(&format!("{name} gw"), &path, dir.path())? {
+        } else if !check_audit(&format!("{name} gw"), &path, dir.path(), &options)? {
             broken += 1;
         }
     }
@@ -179,14 +186,17 @@ fn check_audit(
     label: &str,
     path: &std::path::Path,
     base: &std::path::Path,
+    options: &VerifyOptions,
 ) -> anyhow::Result<bool> {
     let shown = path
         .strip_prefix(base)
         .unwrap_or(path)
         .display()
         .to_string();
-    match verify_file(path) {
-        Ok(summary) => {
+    let report = verify_log(&[path], options)?;
+    match report.damage {
+        None => {
+            let summary = report.chain;
             let mut actions = std::collections::BTreeMap::<String, usize>::new();
             for record in read_records(path)? {
                 let record = record?;
@@ -197,16 +207,26 @@ fn check_audit(
                 *actions.entry(action).or_default() += 1;
             }
             let tally: Vec<String> = actions.iter().map(|(a, n)| format!("{a} {n}")).collect();
+            let signer = report
+                .signer
+                .map_or_else(|| "nobody".to_owned(), |s| s.to_string());
             println!(
-                "  {label:<12} {shown}: {} record{}, hash chain verified ({})",
+                "  {label:<12} {shown}: {} record{}, hash chain verified, {} checkpoint{} signed by {signer} ({})",
                 summary.records,
                 if summary.records == 1 { "" } else { "s" },
+                report.checkpoints,
+                if report.checkpoints == 1 { "" } else { "s" },
                 tally.join(", ")
             );
             Ok(true)
         }
-        Err(e) => {
-            println!("  {label:<12} {shown}: VERIFY FAILED: {e}");
+        Some(damage) => {
+            println!(
+                "  {label:<12} {shown}: VERIFY FAILED: seq {} (line {}): {}",
+                damage.error.seq,
+                damage.error.line,
+                damage.error.kind.code()
+            );
             Ok(false)
         }
     }

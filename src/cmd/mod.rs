@@ -1,6 +1,7 @@
 //! One module per command group of the CLI, and the argument parsers they share.
 
 pub mod audit;
+pub mod audit_verify;
 pub mod ca;
 pub mod ca_ops;
 pub mod demo;

@@ -2,12 +2,10 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::path::Path;
-
 use time::OffsetDateTime;
 
 use super::stream::LogStream;
-use crate::AuditError;
+use crate::{AuditError, LogFiles};
 
 /// Yields the logs' records earliest first. Ties go to the log named first; within a log, file
 /// order is kept even where its clock stepped back (a log is never reordered).
@@ -23,13 +21,10 @@ pub(crate) struct Merge {
 impl Merge {
     /// Opens every log (all before reading any, so a missing file fails early) and reads the
     /// first record of each.
-    pub(crate) fn open(
-        paths: &[impl AsRef<Path>],
-        allow_damaged: bool,
-    ) -> Result<Self, AuditError> {
-        let streams = paths
+    pub(crate) fn open(logs: &[LogFiles], allow_damaged: bool) -> Result<Self, AuditError> {
+        let streams = logs
             .iter()
-            .map(|path| LogStream::open(path.as_ref(), allow_damaged))
+            .map(|log| LogStream::open(log, allow_damaged))
             .collect::<Result<Vec<_>, _>>()?;
         let mut merge = Self {
             heap: BinaryHeap::with_capacity(streams.len()),

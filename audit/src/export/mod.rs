@@ -175,7 +175,8 @@ impl ExportedRange {
     }
 }
 
-/// Merges the records of `logs` in time order into `out` (named `out_name` in errors).
+/// Merges the records of `logs` in time order into `out` (named `out_name` in errors). A
+/// log's rotated files (`X.<seq>`) given with `X` are read as one log, in chain order.
 ///
 /// Each log is verified as it is read. A damaged log ends the export with
 /// [`AuditError::Chain`] naming the log, the seq and the kind, unless damage is allowed (see
@@ -187,11 +188,11 @@ pub fn export<P: AsRef<Path>, W: Write>(
     out: W,
     out_name: &Path,
 ) -> Result<ExportReport, AuditError> {
-    let mut merge = Merge::open(logs, options.allow_damaged)?;
-    let names: Vec<String> = logs
-        .iter()
-        .map(|p| p.as_ref().display().to_string())
-        .collect();
+    // A rotated log's files (`X.<seq>` with `X`) are read as one log, in chain order.
+    let paths: Vec<PathBuf> = logs.iter().map(|p| p.as_ref().to_owned()).collect();
+    let logs = crate::group_files(&paths);
+    let mut merge = Merge::open(&logs, options.allow_damaged)?;
+    let names: Vec<String> = logs.iter().map(|l| l.log.display().to_string()).collect();
     let mut out = Output::new(out, out_name);
     let mut ranges = vec![ExportedRange::default(); logs.len()];
     let mut window: Option<(OffsetDateTime, OffsetDateTime)> = None;

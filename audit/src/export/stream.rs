@@ -6,7 +6,10 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::record::{LineFault, parse_line};
-use crate::{AuditError, ChainError, ChainHash, Damage, MAX_LINE_BYTES, Record, verify_file};
+use crate::{
+    AuditError, ChainError, ChainHash, Damage, LogFiles, MAX_LINE_BYTES, Record, VerifyOptions,
+    verify_log,
+};
 
 /// Read buffer per log: big enough for throughput, small enough to merge many logs.
 const READ_BUFFER: usize = 64 * 1024;
@@ -14,8 +17,13 @@ const READ_BUFFER: usize = 64 * 1024;
 /// A log being read record by record, with the chain checked as it goes.
 #[derive(Debug)]
 pub(crate) struct LogStream {
+    /// The log's name (its active file).
     path: PathBuf,
+    /// Its files in chain order (rotated files, then the active file).
+    files: Vec<PathBuf>,
     reader: BufReader<File>,
+    /// The files after the one being read, opened already.
+    rest: std::vec::IntoIter<File>,
     allow_damaged: bool,
     /// The current line's bytes, newline excluded (what JSON Lines export copies).
     line: Vec<u8>,
@@ -49,11 +57,23 @@ enum LineEnd {
 }
 
 impl LogStream {
-    pub(crate) fn open(path: &Path, allow_damaged: bool) -> Result<Self, AuditError> {
-        let file = File::open(path).map_err(AuditError::io(path, "open"))?;
+    /// Opens every file of the log (so a missing one fails before anything is read); they are
+    /// read in order as one chain.
+    pub(crate) fn open(log: &LogFiles, allow_damaged: bool) -> Result<Self, AuditError> {
+        let mut files = log
+            .files
+            .iter()
+            .map(|path| File::open(path).map_err(AuditError::io(path, "open")))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter();
+        let first = files
+            .next()
+            .ok_or(AuditError::Internal("a log without files"))?;
         Ok(Self {
-            path: path.to_owned(),
-            reader: BufReader::with_capacity(READ_BUFFER, file),
+            path: log.log.clone(),
+            files: log.files.clone(),
+            reader: BufReader::with_capacity(READ_BUFFER, first),
+            rest: files,
             allow_damaged,
             line: Vec::new(),
             line_no: 0,
@@ -140,13 +160,14 @@ impl LogStream {
         }
     }
 
-    /// Records the first damage. `verify_file` names it, so export and `audit verify` agree on
+    /// Records the first damage. `verify_log` names it, so export and `audit verify` agree on
     /// the kind and seq (it tells a reorder from a deletion by reading on); the finding made
-    /// here stands only if the file changed since.
+    /// here stands only if the files changed since.
     fn damaged(&mut self, kind: Damage, seq: u64) -> Result<(), AuditError> {
-        let error = match verify_file(&self.path) {
-            Err(AuditError::Chain { error, .. }) => error,
-            _ => ChainError {
+        let found = verify_log(&self.files, &VerifyOptions::new())?.damage;
+        let error = match found {
+            Some(damage) => damage.error,
+            None => ChainError {
                 seq,
                 line: self.line_no,
                 kind,
@@ -164,7 +185,8 @@ impl LogStream {
     }
 
     /// Reads the next line into `self.line`, keeping at most [`MAX_LINE_BYTES`] of it (newline
-    /// included) in memory; `None` at the end of the file.
+    /// included) in memory, going on into the log's next file at the end of one; `None` at the
+    /// end of the last.
     fn read_line(&mut self) -> Result<Option<LineEnd>, AuditError> {
         let read_error = |path: &Path| {
             let path = path.to_owned();
@@ -176,13 +198,19 @@ impl LogStream {
         };
         self.line.clear();
         let limit = MAX_LINE_BYTES as u64;
-        let n = (&mut self.reader)
-            .take(limit)
-            .read_until(b'\n', &mut self.line)
-            .map_err(read_error(&self.path))?;
-        if n == 0 {
-            return Ok(None);
-        }
+        let n = loop {
+            let n = (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.line)
+                .map_err(read_error(&self.path))?;
+            if n > 0 {
+                break n;
+            }
+            let Some(next) = self.rest.next() else {
+                return Ok(None);
+            };
+            self.reader = BufReader::with_capacity(READ_BUFFER, next);
+        };
         if self.line.last() == Some(&b'\n') {
             self.line.pop();
             return Ok(Some(LineEnd::Newline));

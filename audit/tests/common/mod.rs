@@ -9,6 +9,8 @@
     dead_code
 )] // test code
 
+pub mod pki;
+
 use std::path::Path;
 
 use meshgate_audit::{Action, AuditEvent, AuditWriter, Component, Outcome};

@@ -168,6 +168,18 @@ pub fn typical(action: Action) -> Vec<AuditEvent> {
                 Outcome::Success,
             ),
         ],
+        Action::Checkpoint => vec![
+            ev(Component::Gateway, GATEWAY, "chain")
+                .with_detail("version", 1)
+                .with_detail("head_seq", 1000)
+                .with_detail("head_hash", "ab".repeat(32))
+                .with_detail("trigger", "records")
+                .with_detail("every_records", 1000)
+                .with_detail("every_seconds", 60)
+                .with_detail("alg", "ecdsa_p256_sha256")
+                .with_detail("signature", "MEUCIQ==")
+                .with_detail("certs", vec!["MIIB", "MIIC"]),
+        ],
         Action::PeerReject => vec![
             ev(Component::Gateway, "anonymous", GATEWAY)
                 .with_source("[::1]:40000")

@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub maintenance_interval: Duration,
     /// Lifetime of the SVIDs the server mints on enrollment and renewal.
     pub svid_ttl: Duration,
+    /// When the audit log's file is rotated.
+    pub audit_rotation: meshgate_audit::Rotation,
 }
 
 impl Default for ServeConfig {
@@ -79,6 +81,7 @@ impl Default for ServeConfig {
             sign_burst: NonZeroU32::new(500).unwrap_or(NonZeroU32::MIN),
             maintenance_interval: Duration::from_secs(2),
             svid_ttl: crate::profile::LEAF_TTL,
+            audit_rotation: meshgate_audit::Rotation::never(),
         }
     }
 }
@@ -150,9 +153,13 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
     let mut ca = Authority::open(dir)?;
     ca.set_leaf_ttl(cfg.svid_ttl)?;
     let trust_domain = ca.trust_domain().to_string();
-    let audit = CaAudit::open(dir)?;
     let now = OffsetDateTime::now_utc();
-    if ca.renew_intermediate_if_due(now)? {
+    let renewed = ca.renew_intermediate_if_due(now)?;
+    let (own, own_key) = ca.own_svid(now)?;
+    let creds = Arc::new(Credentials::new(to_certified(&own, &own_key)?));
+    // The audit log's checkpoints are signed with the same SVID as the listener.
+    let audit = CaAudit::open(dir, creds.clone(), cfg.audit_rotation)?;
+    if renewed {
         audit.record(event(
             Action::IntermediateRenew,
             "ca",
@@ -160,8 +167,6 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
             Outcome::Success,
         ));
     }
-    let (own, own_key) = ca.own_svid(now)?;
-    let creds = Arc::new(Credentials::new(to_certified(&own, &own_key)?));
     let bundles = Arc::new(SharedBundles::new(BundleSet::single(ca.bundle()?)));
     let verifier = Arc::new(SpiffeClientVerifier::optional(bundles.clone()));
     let tls = server_config(creds.clone(), verifier, &[ALPN_HTTP11])?;

@@ -39,14 +39,21 @@ pub struct AuditLog {
     pub path: PathBuf,
     /// Records allowed requests as well as denied ones (`log_allows`, default false).
     pub log_allows: bool,
+    /// Rotates the file once it holds this many bytes (`max_file_bytes`, default none).
+    pub max_file_bytes: Option<u64>,
+    /// Rotates the file once its first record is this old (`max_file_age`, default none).
+    pub max_file_age: Option<Duration>,
 }
 
 impl AuditLog {
-    /// A log at `path` that records denials (and every other event) but not allowed requests.
+    /// A log at `path` that records denials (and every other event) but not allowed requests,
+    /// and is never rotated.
     pub fn at(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             log_allows: false,
+            max_file_bytes: None,
+            max_file_age: None,
         }
     }
 }

@@ -96,7 +96,52 @@ struct RawAudit {
     path: PathBuf,
     #[serde(default)]
     log_allows: bool,
+    /// Rotate the file once it holds this many bytes.
+    max_file_bytes: Option<u64>,
+    /// Rotate the file once its first record is this old (`1d`, `12h`).
+    max_file_age: Option<String>,
 }
+
+impl RawAudit {
+    fn check(self) -> Result<AuditLog, Error> {
+        if self
+            .max_file_bytes
+            .is_some_and(|b| b < MIN_AUDIT_FILE_BYTES)
+        {
+            return Err(bad(
+                "audit.max_file_bytes",
+                self.max_file_bytes.unwrap_or_default().to_string(),
+                format!(
+                    "a file smaller than {MIN_AUDIT_FILE_BYTES} bytes would rotate after every few records"
+                ),
+            ));
+        }
+        let max_age = match &self.max_file_age {
+            None => None,
+            Some(text) => {
+                let d = meshgate_identity::parse_duration(text)
+                    .map_err(|e| bad("audit.max_file_age", text, e.to_string()))?;
+                if d < Duration::from_secs(60) {
+                    return Err(bad(
+                        "audit.max_file_age",
+                        text,
+                        "rotate at most once a minute (give e.g. 1h or 1d)",
+                    ));
+                }
+                Some(d)
+            }
+        };
+        Ok(AuditLog {
+            path: self.path,
+            log_allows: self.log_allows,
+            max_file_bytes: self.max_file_bytes,
+            max_file_age: max_age,
+        })
+    }
+}
+
+/// Below this a size limit is a typo (a checkpoint alone takes a few KiB).
+const MIN_AUDIT_FILE_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,10 +238,7 @@ impl RawConfig {
             outbound,
             admin,
             limits,
-            audit_path: self.audit.map(|a| AuditLog {
-                path: a.path,
-                log_allows: a.log_allows,
-            }),
+            audit_path: self.audit.map(RawAudit::check).transpose()?,
         })
     }
 }

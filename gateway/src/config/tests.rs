@@ -52,6 +52,8 @@ rate = 5
 [audit]
 path = "audit.jsonl"
 log_allows = true
+max_file_bytes = 104857600
+max_file_age = "1d"
 "#;
 
 #[test]
@@ -79,6 +81,14 @@ fn the_full_example_parses() {
     );
     assert_eq!((limits[1].rate.get(), limits[1].burst.get()), (5, 5));
     assert!(c.audit_path.as_ref().unwrap().log_allows);
+    assert_eq!(
+        c.audit_path.as_ref().unwrap().max_file_bytes,
+        Some(100 << 20)
+    );
+    assert_eq!(
+        c.audit_path.as_ref().unwrap().max_file_age,
+        Some(Duration::from_secs(86_400))
+    );
     let c = c.rebase(Path::new("/etc/meshgate"));
     assert_eq!(c.state_dir, Path::new("/etc/meshgate/state"));
     assert_eq!(
@@ -199,6 +209,18 @@ fn each_value_rule_names_key_and_value() {
         (
             with(&format!("{INBOUND}upstream_protocol = \"h2\"\n")),
             "inbound.upstream_protocol",
+        ),
+        (
+            with(&format!(
+                "{ROUTE}[audit]\npath = \"a.jsonl\"\nmax_file_bytes = 1000\n"
+            )),
+            "audit.max_file_bytes",
+        ),
+        (
+            with(&format!(
+                "{ROUTE}[audit]\npath = \"a.jsonl\"\nmax_file_age = \"10s\"\n"
+            )),
+            "audit.max_file_age",
         ),
         (
             with(&format!(

@@ -23,6 +23,11 @@ pub(super) fn event(
         Mapping::Http => http_activity(log, record),
         Mapping::Network => network_activity(log, record),
         Mapping::AppError => application_error(log, record),
+        Mapping::Checkpoint => {
+            let class = OcsfClass::BaseEvent;
+            let activity = Activity::new(99, "Checkpoint");
+            Ok((class, base(class, &activity, &[], log, record)?))
+        }
     }
 }
 

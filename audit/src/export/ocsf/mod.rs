@@ -20,6 +20,9 @@ pub const OCSF_VERSION: &str = "1.8.0";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum OcsfClass {
+    /// Base Event (0, activity 99 Other named `Checkpoint`): a log signing its own head, which no
+    /// OCSF class describes.
+    BaseEvent,
     /// Authentication (3002): enrollment with a join token, refused renewals, peers refused at
     /// the TLS handshake.
     Authentication,
@@ -36,7 +39,8 @@ pub enum OcsfClass {
 
 impl OcsfClass {
     /// Every class an export can write, in `class_uid` order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
+        Self::BaseEvent,
         Self::Authentication,
         Self::NetworkActivity,
         Self::HttpActivity,
@@ -47,6 +51,7 @@ impl OcsfClass {
     /// `class_uid`: the category's uid times 1000 plus the class's number in it.
     pub fn uid(self) -> u32 {
         match self {
+            Self::BaseEvent => 0,
             Self::Authentication => 3002,
             Self::NetworkActivity => 4001,
             Self::HttpActivity => 4002,
@@ -58,6 +63,7 @@ impl OcsfClass {
     /// `class_name`, the schema's caption.
     pub fn name(self) -> &'static str {
         match self {
+            Self::BaseEvent => "Base Event",
             Self::Authentication => "Authentication",
             Self::NetworkActivity => "Network Activity",
             Self::HttpActivity => "HTTP Activity",
@@ -72,6 +78,7 @@ impl OcsfClass {
 
     fn category_name(self) -> &'static str {
         match self {
+            Self::BaseEvent => "Uncategorized",
             Self::Authentication => "Identity & Access Management",
             Self::NetworkActivity | Self::HttpActivity => "Network Activity",
             Self::ApiActivity | Self::ApplicationError => "Application Activity",
@@ -122,6 +129,8 @@ enum Mapping {
     Network,
     /// Application Error (General Error).
     AppError,
+    /// Base Event, activity 99 named `Checkpoint`.
+    Checkpoint,
 }
 
 /// API Activity's activities.
@@ -156,9 +165,9 @@ const MTLS_SVID: &str = "mTLS with an X.509-SVID";
 
 /// The mapping table. It matches every action without a wildcard, so a new action does not
 /// compile until it is given a class here (and a row in docs/audit.md); the tests then check it
-/// against the schema without being edited. The signed `checkpoint` record, when it lands, goes
-/// to Base Event (class_uid 0, activity 99 Other named `Checkpoint`), as docs/audit.md says:
-/// OCSF has no class for a log signing its own head. Revocations are updates: the credential
+/// against the schema without being edited. The signed `checkpoint` record goes to Base Event
+/// (class_uid 0, activity 99 Other named `Checkpoint`): OCSF has no class for a log signing its
+/// own head; its signature and certificates stay under `unmapped.details`. Revocations are updates: the credential
 /// stays on record with a revoked status.
 fn mapping(action: Action) -> Mapping {
     match action {
@@ -187,6 +196,7 @@ fn mapping(action: Action) -> Mapping {
         Action::RequestAllow | Action::RequestDeny => Mapping::Http,
         Action::ConnectionAllow | Action::ConnectionDeny => Mapping::Network,
         Action::Gap | Action::LogRecovered => Mapping::AppError,
+        Action::Checkpoint => Mapping::Checkpoint,
     }
 }
 

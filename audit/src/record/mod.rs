@@ -11,6 +11,12 @@ use time::{OffsetDateTime, UtcOffset};
 
 use crate::{Action, AuditError, AuditEvent, Component, Outcome};
 
+mod encode;
+
+#[cfg(test)]
+pub(crate) use encode::encode_line;
+pub(crate) use encode::{Body, Middle, encode_body, encode_line_into};
+
 /// The longest line, newline included, a log may hold. Longer events are refused when written
 /// and longer lines are malformed when read, so readers run in constant memory.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -46,7 +52,7 @@ impl ChainHash {
     /// record's JSON line without its `hash` field.
     pub fn of(prev: &Self, canonical: &[u8]) -> Self {
         let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(prev.to_hex().as_bytes());
+        ctx.update(&prev.hex_digits());
         ctx.update(canonical);
         let mut out = [0; 32];
         out.copy_from_slice(ctx.finish().as_ref());
@@ -66,7 +72,21 @@ impl ChainHash {
 
     /// The 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        String::from_utf8_lossy(&self.hex_digits()).into_owned()
+    }
+
+    /// The 64 lowercase hex digits as ASCII bytes, on the stack: every record writes and hashes
+    /// two of these, so the writer's hot path allocates none.
+    pub(crate) fn hex_digits(&self) -> [u8; 64] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(self.0) {
+            if let [hi, lo] = pair {
+                *hi = *DIGITS.get(usize::from(byte >> 4)).unwrap_or(&b'0');
+                *lo = *DIGITS.get(usize::from(byte & 0x0f)).unwrap_or(&b'0');
+            }
+        }
+        out
     }
 
     /// The 32 raw bytes.
@@ -77,7 +97,7 @@ impl ChainHash {
 
 impl fmt::Display for ChainHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(std::str::from_utf8(&self.hex_digits()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -89,7 +109,8 @@ impl fmt::Debug for ChainHash {
 
 impl Serialize for ChainHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        let digits = self.hex_digits();
+        s.serialize_str(std::str::from_utf8(&digits).map_err(serde::ser::Error::custom)?)
     }
 }
 
@@ -113,37 +134,6 @@ impl Serialize for Record {
 pub(crate) enum LineFault {
     Malformed,
     Edited,
-}
-
-/// Encodes one record: returns its line (newline included) and its hash.
-pub(crate) fn encode_line(
-    seq: u64,
-    time: &str,
-    event: &AuditEvent,
-    prev: &ChainHash,
-) -> Result<(Vec<u8>, ChainHash), AuditError> {
-    let mut line = serde_json::to_vec(&WireOut::new(seq, time, event, prev, None))
-        .map_err(|_| AuditError::Internal("an audit record did not serialize"))?;
-    let hash = ChainHash::of(prev, &line);
-    if line.pop() != Some(b'}') {
-        return Err(AuditError::Internal("a record's JSON does not end in '}'"));
-    }
-    line.extend_from_slice(HASH_KEY);
-    line.extend_from_slice(hash.to_hex().as_bytes());
-    line.extend_from_slice(b"\"}\n");
-    if line.len() > MAX_LINE_BYTES {
-        return Err(AuditError::TooLarge {
-            len: line.len(),
-            max: MAX_LINE_BYTES,
-        });
-    }
-    Ok((line, hash))
-}
-
-/// Refuses an event whose record could exceed [`MAX_LINE_BYTES`], whatever its seq and time.
-pub(crate) fn check_size(event: &AuditEvent) -> Result<(), AuditError> {
-    const LONGEST_TIME: &str = "0000-00-00T00:00:00.000000Z";
-    encode_line(u64::MAX - 1, LONGEST_TIME, event, &ChainHash::ZERO).map(|_| ())
 }
 
 /// Parses one line (without its newline) and checks its own hash against its content.

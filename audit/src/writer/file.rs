@@ -1,0 +1,113 @@
+//! The log file itself: creating it safely, knowing whether a path still names the file we
+//! hold (another process may have rotated it), and reading it through our own descriptor.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::AuditError;
+
+/// Opens `path` for reading and appending; creates it (0600, and syncs the directory) if absent.
+pub(super) fn open_file(path: &Path) -> Result<(File, bool), AuditError> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => {
+            sync_parent(path)?;
+            Ok((file, true))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let file = options.open(path).map_err(AuditError::io(path, "open"))?;
+            Ok((file, false))
+        }
+        Err(e) => Err(AuditError::io(path, "create")(e)),
+    }
+}
+
+/// Opens `path` and takes its lock, making sure the file locked is still the one `path` names:
+/// a writer in another process may have rotated it away while we waited for the lock.
+pub(super) fn open_locked(path: &Path) -> Result<(File, bool), AuditError> {
+    let mut tries = 0;
+    loop {
+        let (file, created) = open_file(path)?;
+        file.lock().map_err(AuditError::io(path, "lock"))?;
+        if is_at(&file, path).map_err(AuditError::io(path, "stat"))? {
+            return Ok((file, created));
+        }
+        tries += 1;
+        if tries >= 8 {
+            return Err(AuditError::Io {
+                path: path.to_owned(),
+                op: "open",
+                source: io::Error::other("the file keeps being replaced while it is opened"),
+            });
+        }
+    }
+}
+
+/// Whether `path` names `file` (same device and inode); false when `path` is gone.
+pub(super) fn is_at(file: &File, path: &Path) -> io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let held = file.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(named) => Ok(held.dev() == named.dev() && held.ino() == named.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        Ok(true)
+    }
+}
+
+/// Makes a directory entry (a new or renamed file) durable.
+pub(super) fn sync_parent(path: &Path) -> Result<(), AuditError> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(AuditError::io(dir, "sync directory"))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Reads a file from its start through a descriptor we hold, without moving the descriptor's
+/// offset (an append-mode descriptor; the path may name another file by now).
+pub(super) struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl<'a> ReadAt<'a> {
+    pub(super) fn new(file: &'a File) -> Self {
+        Self { file, pos: 0 }
+    }
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(unix)]
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.pos)?;
+        #[cfg(not(unix))]
+        let n = {
+            use std::io::{Seek, SeekFrom};
+            let mut f = self.file;
+            f.seek(SeekFrom::Start(self.pos))?;
+            f.read(buf)?
+        };
+        self.pos = self.pos.saturating_add(n as u64);
+        Ok(n)
+    }
+}
