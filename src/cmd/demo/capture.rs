@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::field::{Field, Visit};
@@ -37,14 +38,18 @@ impl AccessLog {
     }
 }
 
-/// The demo's subscriber: diagnostics to stderr as `MESHGATE_LOG` says (warnings by default),
-/// and every access-log event into `log`.
+/// The demo's subscriber: diagnostics to stderr as `MESHGATE_LOG` says (errors by default: the
+/// demo provokes warnings on purpose, a dry-run denial and a misrouted call, and its table
+/// reports them; `MESHGATE_LOG=warn` shows them too), and every access-log event into `log`.
 pub fn subscriber(log: AccessLog) -> impl tracing::Subscriber + Send + Sync {
-    let filter = EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("error"));
     let access = Targets::new().with_target(TARGET, tracing::Level::INFO);
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
                 .with_writer(std::io::stderr)
                 .with_filter(filter),
         )
