@@ -50,6 +50,8 @@ pub(crate) struct Inbound {
     upstream: Target,
     client: Client<HttpConnector, Body>,
     tls: Arc<rustls::ServerConfig>,
+    /// Bytes of small request bodies held before forwarding (see `body`).
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl Inbound {
@@ -83,6 +85,7 @@ impl Inbound {
             upstream,
             client,
             tls: Arc::new(tls),
+            body_budget: body::budget(),
         })
     }
 
@@ -457,11 +460,11 @@ async fn forward(
         UpstreamProtocol::H2c => Version::HTTP_2,
         _ => Version::HTTP_11,
     };
-    let body =
-        match body::for_upstream(&parts.headers, body, inbound.shared.limits.idle_timeout).await {
-            Ok(body) => body,
-            Err(refusal) => return refusal.into_response(),
-        };
+    let wait = inbound.shared.limits.header_read_timeout;
+    let body = match body::for_upstream(&parts.headers, body, wait, &inbound.body_budget).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal.into_response(),
+    };
     match inbound
         .client
         .request(Request::from_parts(parts, body))

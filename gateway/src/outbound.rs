@@ -31,7 +31,7 @@ use crate::dial::{Dialed, Dialer};
 use crate::error::Error;
 use crate::headers::{XFCC, strip_hop_by_hop};
 use crate::listen::{
-    Shared, accept_loop, http_server, is_revoked, now_secs, revoked, wind_down_at,
+    Shared, accept_loop, http_server, is_revoked, now_secs, revoked, until, wind_down_at,
 };
 use crate::metrics::OpenConnection;
 use crate::reply::{Body, Refusal, full};
@@ -149,6 +149,11 @@ impl Outbound {
                 },
                 () = revoked(&mut revocations, &serial) => {
                     tracing::info!(%route, %serial, "closed the connection to the peer gateway: its SVID is revoked");
+                }
+                // New requests left it at `retire_at`; a stream still open now (a long gRPC
+                // stream, a WebSocket) ends with the peer's SVID, as on every other connection.
+                () = until(peer_not_after) => {
+                    tracing::info!(%route, %serial, "closed the connection to the peer gateway: its SVID expired");
                 }
             }
         });

@@ -379,3 +379,49 @@ fn errors_carry_structured_locations() {
     let at = errs.iter().next().unwrap().location().unwrap();
     assert_eq!((at.file.as_str(), at.line, at.column), ("dir/p.toml", 5, 8));
 }
+
+#[test]
+fn http_conditions_fail_closed_for_a_tcp_connection() {
+    let text = r#"
+[[allow]]
+name = "reads"
+methods = ["GET"]
+paths = ["/v1/**"]
+paths_not = ["/v1/secret"]
+hosts = ["payments.bank.example"]
+
+[[deny]]
+name = "writes"
+methods = ["POST"]
+paths = ["/admin/**"]
+paths_not = ["/admin/health"]
+hosts = ["admin.bank.example"]
+"#;
+    let file = PolicyFile::parse("mesh.toml", text).unwrap();
+    let [allow, deny] = file.rules() else {
+        panic!("two rules")
+    };
+    let (peer, service) = (id(CHECKOUT), id(PAYMENTS));
+    let tcp = Request::tcp(&peer, &service);
+    // An allow never lets in what it cannot see; a deny applies on what it can.
+    assert!(!allow.matches(&tcp));
+    assert!(deny.matches(&tcp));
+    // HTTP requests meet every condition as before.
+    let get = Request::http(&peer, &service, "GET", "/v1/a");
+    assert!(allow.matches(&Request {
+        host: Some("payments.bank.example"),
+        ..get
+    }));
+    assert!(!deny.matches(&Request {
+        host: Some("admin.bank.example"),
+        ..get
+    }));
+    let post = Request::http(&peer, &service, "POST", "/admin/x");
+    assert!(deny.matches(&Request {
+        host: Some("admin.bank.example"),
+        ..post
+    }));
+    // An HTTP request without a host: the deny's host condition is left out, the allow's fails.
+    assert!(deny.matches(&post));
+    assert!(!allow.matches(&get));
+}

@@ -129,28 +129,35 @@ impl Rule {
     /// Whether every condition of the rule holds for `request`.
     ///
     /// Absent fields match anything. A condition on an attribute the request does not carry
-    /// never holds: a rule with `methods`, `paths` or `paths_not` matches only HTTP requests,
-    /// one with `hosts` only requests with a host, one with `ports` only requests with a port.
-    /// This holds for deny rules too, so a mesh-wide deny on HTTP paths leaves TCP services
-    /// alone; deny a peer on a TCP service with identity conditions only.
+    /// (a TCP connection has no method, path or host) fails closed, as in Istio: in an allow
+    /// rule it never holds, so the allow cannot let the request in; in a deny rule it is left
+    /// out, so the deny applies on its remaining conditions. A service team therefore cannot
+    /// step around a mesh-wide `paths = ["/admin/**"]` deny by putting its service in TCP mode:
+    /// for a TCP connection that deny reads as an identity-only deny.
     pub fn matches(&self, request: &Request<'_>) -> bool {
+        let absent = self.effect == Effect::Deny;
         any_id(self.to.as_deref(), request.to)
             && any_id(self.from.as_deref(), request.from)
             && !self
                 .from_not
                 .as_deref()
                 .is_some_and(|not| not.iter().any(|p| p.matches(request.from)))
-            && condition(self.methods.as_deref(), request.method, |m, method| {
-                &**m == method
+            && condition(
+                self.methods.as_deref(),
+                request.method,
+                absent,
+                |m, method| &**m == method,
+            )
+            && condition(self.ports.as_deref(), request.port, absent, |p, port| {
+                *p == port
             })
-            && condition(self.ports.as_deref(), request.port, |p, port| *p == port)
-            && condition(self.hosts.as_deref(), request.host, |p, host| {
+            && condition(self.hosts.as_deref(), request.host, absent, |p, host| {
                 p.matches(host)
             })
-            && condition(self.paths.as_deref(), request.path, |p, path| {
+            && condition(self.paths.as_deref(), request.path, absent, |p, path| {
                 p.matches(path)
             })
-            && negative(self.paths_not.as_deref(), request.path)
+            && negative(self.paths_not.as_deref(), request.path, absent)
     }
 }
 
@@ -159,24 +166,26 @@ fn any_id(patterns: Option<&[IdPattern]>, id: &SpiffeId) -> bool {
     patterns.is_none_or(|ps| ps.iter().any(|p| p.matches(id)))
 }
 
-/// A positive attribute condition: one of `list` must match `value`.
+/// A positive attribute condition: one of `list` must match `value`; `absent` is the answer
+/// when the request does not carry the attribute.
 fn condition<P, V: Copy>(
     list: Option<&[P]>,
     value: Option<V>,
+    absent: bool,
     hit: impl Fn(&P, V) -> bool,
 ) -> bool {
     match (list, value) {
         (None, _) => true,
         (Some(list), Some(v)) => list.iter().any(|p| hit(p, v)),
-        (Some(_), None) => false,
+        (Some(_), None) => absent,
     }
 }
 
-/// `paths_not`: none of `list` may match the path.
-fn negative(list: Option<&[PathPattern]>, path: Option<&str>) -> bool {
+/// `paths_not`: none of `list` may match the path; `absent` when there is no path.
+fn negative(list: Option<&[PathPattern]>, path: Option<&str>, absent: bool) -> bool {
     match (list, path) {
         (None, _) => true,
         (Some(list), Some(p)) => !list.iter().any(|pattern| pattern.matches(p)),
-        (Some(_), None) => false,
+        (Some(_), None) => absent,
     }
 }

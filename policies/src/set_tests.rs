@@ -172,23 +172,35 @@ fn dry_run_relaxes_the_service_rules_and_default_only() {
 }
 
 #[test]
-fn tcp_decisions_skip_http_rules() {
-    let s = set(&[
-        ("mesh.toml", MESH),
-        ("payments.toml", &payments_file("enforce")),
-    ]);
+fn tcp_decisions_fail_closed_on_http_conditions() {
+    // The service's allows all name methods or paths: none can let a TCP connection in, and
+    // its own deny on a path reads as an identity-only deny.
+    let s = set(&[("payments.toml", &payments_file("enforce"))]);
     let (shop, payments) = (id(SHOP), id(PAYMENTS));
-    let d = s.evaluate(&Request::tcp(&shop, &payments));
-    assert_eq!((d.effect, d.rule_name()), (Effect::Deny, None));
-    let open =
-        format!("service = \"{PAYMENTS}\"\n[[allow]]\nname = \"shop\"\nfrom = [\"{SHOP}\"]\n");
-    let s = set(&[("mesh.toml", MESH), ("payments.toml", &open)]);
     let d = s.evaluate(&Request::tcp(&shop, &payments));
     assert_eq!(
         (d.effect, d.rule_name()),
-        (Effect::Allow, Some("shop")),
-        "`no admin` is an HTTP rule"
+        (Effect::Deny, Some("no refunds"))
     );
+    let d = s.evaluate(&Request::http(&shop, &payments, "POST", "/v1/charges"));
+    assert_eq!(
+        (d.effect, d.rule_name()),
+        (Effect::Allow, Some("shop charges"))
+    );
+    // An identity-only allow does, until a mesh-wide deny on paths reads, for a connection
+    // that has no path, as the identity-only deny it then is: putting the service in TCP mode
+    // does not step around the platform team's guardrail.
+    let open =
+        format!("service = \"{PAYMENTS}\"\n[[allow]]\nname = \"shop\"\nfrom = [\"{SHOP}\"]\n");
+    let s = set(&[("payments.toml", &open)]);
+    let d = s.evaluate(&Request::tcp(&shop, &payments));
+    assert_eq!((d.effect, d.rule_name()), (Effect::Allow, Some("shop")));
+    let s = set(&[("mesh.toml", MESH), ("payments.toml", &open)]);
+    let d = s.evaluate(&Request::tcp(&shop, &payments));
+    assert_eq!((d.effect, d.rule_name()), (Effect::Deny, Some("no admin")));
+    // HTTP requests still meet the deny's path condition.
+    let d = s.evaluate(&Request::http(&shop, &payments, "GET", "/v1/charges"));
+    assert_eq!((d.effect, d.rule_name()), (Effect::Allow, Some("shop")));
 }
 
 #[test]

@@ -34,8 +34,9 @@ use crate::mesh::admin;
 
 const LOCAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-/// Payments' policy for its TCP service. Only the identity rule can match a connection: the
-/// `methods` allow and the `paths` deny are HTTP rules.
+/// Payments' policy for its TCP service. HTTP conditions fail closed for a connection: the
+/// `methods` allow cannot let support in (the default deny refuses it), and the `paths` deny
+/// reads as an identity-only deny of the ledger.
 pub const TCP_POLICY: &str = r#"
 service = "spiffe://bank.example/ns/payments/sa/api"
 
@@ -49,7 +50,8 @@ from = ["spiffe://bank.example/ns/support/**"]
 methods = ["GET"]
 
 [[deny]]
-name = "nobody reads private"
+name = "the ledger reads nothing private"
+from = ["spiffe://bank.example/ns/ledger/**"]
 paths = ["/private/**"]
 "#;
 
