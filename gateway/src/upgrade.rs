@@ -8,6 +8,7 @@
 //! Only `websocket` is carried: any other `Upgrade` (`h2c` above all, the classic way past a
 //! proxy's checks) stays a hop-by-hop header and is removed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::{Limits, Target, UpstreamProtocol};
@@ -271,11 +273,31 @@ async fn connect_upstream(
 }
 
 /// The spliced streams of one connection. A connection's task waits for them before it ends,
-/// so that its slot, its gauge and its peer's expiry and revocation watch cover them too, and
-/// dropping the set (when the connection is cut) aborts them.
+/// so that its slot, its gauge and its peer's expiry and revocation watch cover them too;
+/// dropping the `Tunnels` (when the connection is cut) aborts them. Waiting (`finish`) owns
+/// nothing: a wait given up, as when an expiring connection stops serving new requests, leaves
+/// the tunnels running.
 #[derive(Debug, Default)]
 pub(crate) struct Tunnels {
     set: Mutex<JoinSet<()>>,
+    open: Arc<Open>,
+}
+
+/// How many tunnels of a connection are running, and a wake-up when one ends.
+#[derive(Debug, Default)]
+struct Open {
+    count: AtomicUsize,
+    ended: Notify,
+}
+
+/// Counts a tunnel as open for as long as its task lives (aborted included).
+struct Counted(Arc<Open>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.ended.notify_waiters();
+    }
 }
 
 impl Tunnels {
@@ -294,7 +316,10 @@ impl Tunnels {
         idle_timeout: Duration,
         not_after: Option<u64>,
     ) {
+        self.open.count.fetch_add(1, Ordering::SeqCst);
+        let counted = Counted(self.open.clone());
         let tunnel = async move {
+            let _open = counted;
             let _busy = busy;
             let (client, upstream) = match tokio::join!(client, upstream) {
                 (Ok(c), Ok(u)) => (c, u),
@@ -325,14 +350,23 @@ impl Tunnels {
             );
         };
         let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        // Results of tunnels that ended are dropped here, so a long connection keeps none.
+        while set.try_join_next().is_some() {}
         set.spawn(tunnel);
     }
 
-    /// Completes when every tunnel of the connection has ended. The tunnels move into this
-    /// future, so dropping it (the connection cut at its peer's expiry) aborts them.
+    /// Completes when every tunnel of the connection has ended.
     pub(crate) async fn finish(&self) {
-        let mut set = std::mem::take(&mut *self.set.lock().unwrap_or_else(PoisonError::into_inner));
-        while set.join_next().await.is_some() {}
+        loop {
+            let ended = self.open.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the count is read, so an end in between is not missed.
+            ended.as_mut().enable();
+            if self.open.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            ended.await;
+        }
     }
 }
 

@@ -187,6 +187,56 @@ async fn an_idle_websocket_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_websocket_lives_until_its_peers_svid_expires_not_before() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        // 40 s SVIDs: the inbound stops taking requests on the client's connection 10 s before
+        // the client's SVID expires (a GOAWAY), but its WebSocket runs until the expiry itself.
+        let kit = Kit::start_with_svid_ttl(Duration::from_secs(40)).await;
+        let upstream = Target::parse(&kit::websocket_echo().await.to_string()).unwrap();
+        let payments = kit.payments(upstream, Limits::default(), None).await;
+        let agent = kit.enroll(CHECKOUT).await;
+        let not_after = agent.svid().info.not_after;
+        let verifier =
+            SpiffeServerVerifier::new(agent.shared_bundles(), SpiffeId::parse(PAYMENTS).unwrap());
+        let certs = agent.credentials() as Arc<dyn ResolvesClientCert>;
+        let tls = client_config(Arc::new(verifier), Some(certs), &[ALPN_HTTP11]).unwrap();
+        let tcp = TcpStream::connect(payments.gateway.inbound.unwrap())
+            .await
+            .unwrap();
+        let name = ServerName::try_from("payments.bank.example").unwrap();
+        let mut tls = TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let head = open(&mut tls, "/v1/chat").await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        // Inside the last 10 s, past the wind-down: still open, still echoing.
+        sleep_until_unix(not_after - 5).await;
+        echo(&mut tls).await;
+        // Cut at the expiry, and counted as such.
+        let mut buf = [0u8; 16];
+        let end = tokio::time::timeout(Duration::from_secs(30), tls.read(&mut buf))
+            .await
+            .expect("the WebSocket outlived its peer's SVID");
+        assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+        let (_, m) = admin(payments.gateway.admin, "/metrics").await;
+        let sample = "meshgate_gateway_peer_connections_closed_total{outcome=\"expired\"}";
+        assert_eq!(metric(&m, sample), 1.0, "{m}");
+    })
+    .await
+    .unwrap();
+}
+
+/// Sleeps until the wall clock reads `at` (unix seconds).
+async fn sleep_until_unix(at: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await;
+}
+
+#[tokio::test]
 async fn a_websocket_opens_from_an_mtls_client_straight_to_the_inbound() {
     tokio::time::timeout(LIMIT, async {
         let kit = Kit::start().await;

@@ -83,6 +83,11 @@ impl Client {
 
 impl Kit {
     pub async fn start() -> Self {
+        Self::start_with_svid_ttl(meshgate_ca::profile::LEAF_TTL).await
+    }
+
+    /// A kit whose CA mints SVIDs valid for `svid_ttl`.
+    pub async fn start_with_svid_ttl(svid_ttl: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
         let td = TrustDomain::parse("bank.example").unwrap();
@@ -98,6 +103,7 @@ impl Kit {
             ServeConfig {
                 listen: LOCAL,
                 admin: LOCAL,
+                svid_ttl,
                 ..ServeConfig::default()
             },
         )
