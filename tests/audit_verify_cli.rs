@@ -246,3 +246,39 @@ fn an_independent_verifier_accepts_every_checkpoint_and_refuses_a_forged_one() {
         );
     }
 }
+
+#[test]
+fn the_auditor_pins_the_expected_signer() {
+    let (_tmp, files, bundle) = signed_log(KeyType::EcdsaP256);
+    let bundle = bundle.to_str().unwrap();
+    let o = meshgate(&args(&files, &["--bundle", bundle, "--signer", CA_ID]));
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let o = meshgate(&args(
+        &files,
+        &[
+            "--bundle",
+            bundle,
+            "--expect-signer",
+            "spiffe://bank.example/ns/app/sa/web",
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("seq 1 (line 1): unexpected_signer"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "signed by {CA_ID}, not by spiffe://bank.example/ns/app/sa/web as expected"
+        )),
+        "{text}"
+    );
+    // Pinning a signer means nothing without checking signatures; a signer must be an ID.
+    let o = meshgate(&args(&files, &["--signer", CA_ID]));
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    let o = meshgate(&args(&files, &["--bundle", bundle, "--signer", "ca"]));
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--signer"),
+        "{}",
+        out(&o)
+    );
+}

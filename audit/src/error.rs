@@ -77,9 +77,13 @@ pub struct ChainError {
 /// `seq` in [`ChainError`] names: for `Edited`, `Truncated` and `Malformed`, the seq the damaged
 /// line should hold (one after the last good record); for `Deleted`, the first missing seq; for
 /// `Reordered`, the seq that turns up late; for `Inserted`, the seq the extra record claims;
-/// for `ForgedCheckpoint`, the checkpoint's own seq; for `TruncatedAfterCheckpoint`, the first
-/// seq after the last checkpoint (the first record no signature covers); for `Unsigned`, the
-/// first seq.
+/// for `ForgedCheckpoint` and `UnexpectedSigner`, the checkpoint's own seq (for
+/// `UnexpectedSigner` in a log without checkpoints, the first seq); for
+/// `TruncatedAfterCheckpoint`, the first seq after the last checkpoint (the first record no
+/// signature covers); for `CheckpointGap`, the first record the promise does not admit (the
+/// first record after the checkpoint whose promise was broken, or the first record that only
+/// a signing writer can have written where none ran); for `TimeReversed`, the record or
+/// checkpoint dated too early; for `Unsigned`, the first seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Damage {
@@ -112,6 +116,20 @@ pub enum Damage {
     /// With a trust bundle: a log with records and not one checkpoint.
     #[error("unsigned (no checkpoint)")]
     Unsigned,
+    /// With a trust bundle: between two checkpoints (or before the first) the records are
+    /// more, or were signed later, than the checkpoint before them promised, or records that
+    /// only a signing writer writes stand where no signing writer ran: checkpoints that were
+    /// due are missing, or the records were signed long after they were written.
+    #[error("checkpoint gap (records not signed within the promised interval)")]
+    CheckpointGap,
+    /// With a trust bundle: a record dated more than a clock step before an earlier
+    /// checkpoint, or a checkpoint dated that much before a record it covers.
+    #[error("time reversed (dated before an earlier checkpoint or a record it covers)")]
+    TimeReversed,
+    /// A checkpoint signed by another identity than the one the verifier expects (or no
+    /// checkpoint at all).
+    #[error("unexpected signer")]
+    UnexpectedSigner,
 }
 
 impl Damage {
@@ -127,6 +145,9 @@ impl Damage {
             Self::ForgedCheckpoint => "forged_checkpoint",
             Self::TruncatedAfterCheckpoint => "truncated_after_checkpoint",
             Self::Unsigned => "unsigned",
+            Self::CheckpointGap => "checkpoint_gap",
+            Self::TimeReversed => "time_reversed",
+            Self::UnexpectedSigner => "unexpected_signer",
         }
     }
 }

@@ -69,7 +69,8 @@ mod verify_logs;
 mod writer;
 
 pub use checkpoint::{
-    CheckpointFault, CheckpointPolicy, CheckpointSigner, Trigger, trust_roots_from_pem,
+    CheckpointFault, CheckpointPolicy, CheckpointSigner, MAX_EVERY_SECONDS, Trigger,
+    trust_roots_from_pem,
 };
 pub use clock::{Clock, SystemClock};
 pub use error::{AuditError, ChainError, Damage};
@@ -82,5 +83,5 @@ pub use record::{ChainHash, MAX_LINE_BYTES, Record};
 pub use rotation::{LogFiles, Rotation, group_files, rotated_name};
 pub use sink::{AuditSink, MAX_BATCH};
 pub use verify::{Records, VerifySummary, read_records, verify_file};
-pub use verify_logs::{LogDamage, LogReport, VerifyOptions, verify_log};
+pub use verify_logs::{CLOCK_STEP_SECS, LogDamage, LogReport, VerifyOptions, verify_log};
 pub use writer::{AuditWriter, LogOptions, OpenReport, Recovery, SYSTEM_ACTOR};

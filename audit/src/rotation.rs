@@ -81,8 +81,9 @@ fn split_rotated(path: &Path) -> Option<(PathBuf, u64)> {
     Some((path.with_file_name(base), seq))
 }
 
-/// The newest rotated file of the log at `path`, if any: where a new active file continues.
-pub(crate) fn newest_rotated(path: &Path) -> std::io::Result<Option<PathBuf>> {
+/// The newest rotated file of the log at `path`, if any, with the first seq its name gives:
+/// where a new active file continues.
+pub(crate) fn newest_rotated(path: &Path) -> std::io::Result<Option<(u64, PathBuf)>> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -97,7 +98,7 @@ pub(crate) fn newest_rotated(path: &Path) -> std::io::Result<Option<PathBuf>> {
             newest = Some((seq, candidate));
         }
     }
-    Ok(newest.map(|(_, p)| p))
+    Ok(newest)
 }
 
 #[cfg(test)]

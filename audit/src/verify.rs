@@ -43,7 +43,7 @@ pub fn verify_file(path: impl AsRef<Path>) -> Result<VerifySummary, AuditError> 
     let path = path.as_ref();
     let file = File::open(path).map_err(AuditError::io(path, "open"))?;
     match scan(file, Start::Genesis).map_err(AuditError::io(path, "read"))? {
-        Scan::Sound(summary) => Ok(summary),
+        Scan::Sound { summary, .. } => Ok(summary),
         Scan::Damaged { error, .. } => Err(AuditError::Chain {
             path: path.to_owned(),
             error,
@@ -128,7 +128,11 @@ pub(crate) enum Start {
 
 /// How a scan of a whole log ended.
 pub(crate) enum Scan {
-    Sound(VerifySummary),
+    Sound {
+        summary: VerifySummary,
+        /// Where the last record's line starts (`None` for a file without records).
+        last_at: Option<u64>,
+    },
     Damaged {
         error: ChainError,
         /// Where the damaged line starts.
@@ -137,6 +141,8 @@ pub(crate) enum Scan {
         is_final: bool,
         /// The chain up to the last record accepted before the damage.
         before: VerifySummary,
+        /// Where the line of the last record accepted before the damage starts.
+        before_last_at: Option<u64>,
     },
 }
 
@@ -145,6 +151,7 @@ pub(crate) fn scan(r: impl Read, start: Start) -> io::Result<Scan> {
     let mut lines = LineReader::new(r);
     let mut chain = ChainVerifier::new(start);
     let mut offset = 0u64;
+    let mut last_at = None;
     while let Some(meta) = lines.next_line()? {
         let before = chain.summary();
         if let Err((_, error)) = chain.feed(&lines.buf, meta) {
@@ -154,18 +161,21 @@ pub(crate) fn scan(r: impl Read, start: Start) -> io::Result<Scan> {
                 offset,
                 is_final,
                 before,
+                before_last_at: last_at,
             });
         }
+        last_at = Some(offset);
         offset = offset.saturating_add(meta.len_on_disk);
     }
     let before = chain.summary();
     match chain.finish() {
-        Ok(summary) => Ok(Scan::Sound(summary)),
+        Ok(summary) => Ok(Scan::Sound { summary, last_at }),
         Err((_, error)) => Ok(Scan::Damaged {
             error,
             offset,
             is_final: false,
             before,
+            before_last_at: last_at,
         }),
     }
 }
@@ -284,6 +294,17 @@ impl ChainVerifier {
     /// The damage to report, with its file: a held-back gap comes first, unless this damage
     /// explains it. For damage found by other checks (checkpoints) at the current line.
     pub(crate) fn damage(&self, kind: Damage, seq: u64) -> (usize, ChainError) {
+        self.damage_at(kind, seq, (self.file, self.line))
+    }
+
+    /// [`ChainVerifier::damage`] for damage at an earlier line (`(file, line)`): a held-back
+    /// gap still comes first.
+    pub(crate) fn damage_at(
+        &self,
+        kind: Damage,
+        seq: u64,
+        (file, line): (usize, u64),
+    ) -> (usize, ChainError) {
         match self.gap {
             Some(gap) if kind != Damage::Reordered => (
                 gap.file,
@@ -293,14 +314,7 @@ impl ChainVerifier {
                     kind: Damage::Deleted,
                 },
             ),
-            _ => (
-                self.file,
-                ChainError {
-                    seq,
-                    line: self.line,
-                    kind,
-                },
-            ),
+            _ => (file, ChainError { seq, line, kind }),
         }
     }
 
@@ -315,7 +329,7 @@ impl ChainVerifier {
 }
 
 /// Checks one line on its own: complete, short enough, a record whose hash matches.
-fn check_line(buf: &[u8], meta: LineMeta) -> Result<Record, Damage> {
+pub(crate) fn check_line(buf: &[u8], meta: LineMeta) -> Result<Record, Damage> {
     if !meta.terminated {
         return Err(Damage::Truncated);
     }
@@ -348,6 +362,13 @@ pub(crate) struct LineReader<R> {
 
 /// Read buffer: large reads for throughput when a whole log is scanned.
 const READ_BUFFER: usize = 64 * 1024;
+
+impl LineMeta {
+    /// Bytes the line takes in the file, newline included.
+    pub(crate) fn len_on_disk(&self) -> u64 {
+        self.len_on_disk
+    }
+}
 
 impl<R: Read> LineReader<R> {
     pub(crate) fn new(inner: R) -> Self {

@@ -18,7 +18,7 @@ use common::event;
 use common::fixed_time;
 use common::pki::{Pki, TestSigner};
 use meshgate_audit::{
-    AuditSink, AuditWriter, CheckpointPolicy, Component, Damage, LogOptions, Rotation,
+    AuditError, AuditSink, AuditWriter, CheckpointPolicy, Component, Damage, LogOptions, Rotation,
     VerifyOptions, group_files, trust_roots_from_pem, verify_log,
 };
 use time::Duration;
@@ -166,6 +166,9 @@ fn files_rotate_by_age() {
     };
     let mut w = log.writer(rotation);
     w.append(&event(1)).unwrap();
+    // The interval (60 s) passes: the sink's writer thread would sign within about a second.
+    log.offset.store(121, Ordering::SeqCst);
+    w.checkpoint_if_due().unwrap();
     log.offset.store(1800, Ordering::SeqCst);
     w.append(&event(2)).unwrap();
     assert_eq!(log.files().len(), 1);
@@ -195,10 +198,13 @@ fn a_writer_that_crashed_between_rename_and_create_goes_on_from_the_rotated_file
 
 #[test]
 fn a_writer_in_another_process_follows_a_rotation() {
-    // Two writers on one path hold separate open files, as two processes do.
+    // Two writers on one path hold separate open files, as two processes do (on one host: one
+    // clock).
     let log = log();
     let mut rotating = log.writer(bytes(5000));
-    let (mut cli, _) = AuditWriter::open(&log.path, Component::Ca).unwrap();
+    let offset = Arc::clone(&log.offset);
+    let clock = move || fixed_time() + Duration::seconds(offset.load(Ordering::SeqCst));
+    let (mut cli, _) = AuditWriter::open_with_clock(&log.path, Component::Ca, clock).unwrap();
     for i in 1..=40 {
         rotating.append(&event(i)).unwrap();
         rotating.sync().unwrap();
@@ -234,7 +240,7 @@ fn a_signed_sink_checkpoints_while_idle_and_at_shutdown() {
     sink.record(event(1)).unwrap();
     sink.flush().unwrap();
     // The interval passes; the writer thread, idle, signs within about a second.
-    log.offset.store(200, Ordering::SeqCst);
+    log.offset.store(125, Ordering::SeqCst);
     let deadline = std::time::Instant::now() + StdDuration::from_secs(20);
     while last_line(&log.path)["action"] != "checkpoint" {
         assert!(
@@ -271,4 +277,59 @@ fn export_reads_a_rotated_log_as_one_log() {
     assert_eq!((input.records, report.exported), (total, total));
     assert!(input.exported.contiguous);
     assert_eq!(out.iter().filter(|b| **b == b'\n').count() as u64, total);
+}
+
+#[test]
+fn a_writer_does_not_follow_into_a_file_that_does_not_continue_its_chain() {
+    let log = log();
+    let mut w = log.writer(Rotation::never());
+    for i in 1..=3 {
+        w.append(&event(i)).unwrap();
+    }
+    w.sync().unwrap();
+    // Someone moves the file away as a rotation would, and puts a file that starts another
+    // chain in its place.
+    let rotated = meshgate_audit::rotated_name(&log.path, 1);
+    std::fs::rename(&log.path, &rotated).unwrap();
+    let text = std::fs::read_to_string(&rotated).unwrap();
+    let other: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&log.path, &other).unwrap();
+    let err = w.append(&event(4)).unwrap_err();
+    assert!(matches!(err, AuditError::Chain { .. }), "{err}");
+    assert!(w.failure().is_some());
+    assert!(w.close().is_err());
+    assert_eq!(std::fs::read_to_string(&log.path).unwrap(), other);
+}
+
+#[test]
+fn a_log_whose_active_file_does_not_go_on_from_the_rotated_one_is_not_opened() {
+    let log = log();
+    let mut w = log.writer(bytes(6000));
+    for i in 1..=30 {
+        w.append(&event(i)).unwrap();
+    }
+    w.close().unwrap();
+    let files = log.files();
+    assert!(files.len() >= 2, "{files:?}");
+    // The newest rotated file loses its last record (its rotation checkpoint).
+    let newest = &files[files.len() - 2];
+    let text = std::fs::read_to_string(newest).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    let last_seq = last_line(newest)["seq"].as_u64().unwrap();
+    let cut: String = kept[..kept.len() - 1]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(newest, cut).unwrap();
+    let options = LogOptions::new().signed(
+        log.signer.clone(),
+        CheckpointPolicy::new(10, StdDuration::from_secs(60)),
+    );
+    let err = AuditWriter::open_with(&log.path, Component::Ca, fixed_time, options).unwrap_err();
+    let chain = err.chain().copied().unwrap();
+    assert_eq!(
+        (chain.seq, chain.kind),
+        (last_seq, Damage::Deleted),
+        "{err}"
+    );
 }

@@ -20,7 +20,7 @@ pub enum AuditCommand {
     /// A log's rotated files (LOG.<seq>) and LOG are checked in seq order as one chain. Prints
     /// one line per log: "ok" with its record count, seq range, head hash and checkpoints, or
     /// the first bad record's seq, line and kind of damage. Exits 0 when every log is intact,
-    /// 1 otherwise, 2 when a bundle is unusable.
+    /// 1 otherwise, 2 when a bundle is unusable or --signer is not a SPIFFE ID.
     Verify {
         /// Audit logs (JSON Lines), rotated files included (e.g. audit.jsonl.* audit.jsonl).
         #[arg(required = true)]
@@ -29,6 +29,17 @@ pub enum AuditCommand {
         /// domains or the bundles before and after a root rotation.
         #[arg(long, value_name = "FILE")]
         bundle: Vec<PathBuf>,
+        /// The SPIFFE ID every log given must be signed by (e.g.
+        /// spiffe://example.org/meshgate/ca): a checkpoint by anyone else, or a log without
+        /// checkpoints, is damage (unexpected_signer). Verify logs of different signers in
+        /// separate runs.
+        #[arg(
+            long,
+            visible_alias = "expect-signer",
+            value_name = "ID",
+            requires = "bundle"
+        )]
+        signer: Option<String>,
     },
     /// Merge logs in time order into JSON Lines, CSV or OCSF, with a manifest.
     ///
@@ -68,7 +79,11 @@ pub enum AuditCommand {
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify { files, bundle } => super::audit_verify::run(&files, &bundle),
+        AuditCommand::Verify {
+            files,
+            bundle,
+            signer,
+        } => super::audit_verify::run(&files, &bundle, signer.as_deref()),
         AuditCommand::Export {
             logs,
             since,
@@ -209,6 +224,15 @@ fn meaning(kind: Damage) -> String {
         }
         Damage::TruncatedAfterCheckpoint => {
             "from this seq on no checkpoint signs the records although the last one promised one: the log was cut back or rewritten after its last good checkpoint"
+        }
+        Damage::CheckpointGap => {
+            "from this seq on the records were not signed within the interval the checkpoint before them promised (or only a signing writer writes this record, where none ran): checkpoints are missing, or a later key re-signed older records"
+        }
+        Damage::TimeReversed => {
+            "this record or checkpoint is dated more than 5 minutes before an earlier checkpoint, or a checkpoint before a record it signs"
+        }
+        Damage::UnexpectedSigner => {
+            "this checkpoint is not signed by the identity --signer names (or the log has no checkpoint)"
         }
         Damage::Unsigned => {
             "the log has no checkpoint, so nothing signed vouches for it (a log written only by offline CLI commands has none; verify it without --bundle)"

@@ -1,6 +1,7 @@
-//! `meshgate audit verify FILE... [--bundle F]...`: each log (its rotated files and active file
-//! grouped, in chain order) checked as one hash chain, its checkpoints' structure always, and
-//! with trust bundles their signatures and the records after the last one.
+//! `meshgate audit verify FILE... [--bundle F]... [--signer ID]`: each log (its rotated files
+//! and active file grouped, in chain order) checked as one hash chain, its checkpoints'
+//! structure always, and with trust bundles their signatures and the intervals they promised;
+//! with `--signer`, who signed them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,12 +10,25 @@ use std::process::ExitCode;
 use meshgate_audit::{
     Damage, LogReport, VerifyOptions, group_files, trust_roots_from_pem, verify_log,
 };
+use meshgate_identity::SpiffeId;
 
 use super::audit::damage_line;
 use crate::exit::{FAILURE, bad_input};
 
-pub fn run(files: &[PathBuf], bundles: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let options = options(bundles)?;
+pub fn run(
+    files: &[PathBuf],
+    bundles: &[PathBuf],
+    signer: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut options = options(bundles)?;
+    if let Some(signer) = signer {
+        let id = SpiffeId::parse(signer).map_err(|e| {
+            bad_input(format!(
+                "--signer {signer}: {e}; give the SPIFFE ID that signs the logs (the CA's spiffe://<td>/meshgate/ca, a gateway's own ID)"
+            ))
+        })?;
+        options = options.expect_signer(id);
+    }
     let mut stdout = std::io::stdout().lock();
     let mut intact = true;
     for log in group_files(files) {
@@ -90,10 +104,18 @@ fn describe(r: &LogReport, several_files: bool) -> String {
         r.chain.records, r.chain.first_seq, r.chain.last_seq, r.chain.head_hash
     );
     match (&r.signer, r.last_checkpoint, r.signatures_checked) {
-        (Some(signer), Some(last), true) => line.push_str(&format!(
-            ", {} checkpoints signed by {signer}, the last at seq {last}; {} records after it are not signed yet",
-            r.checkpoints, r.unsigned_tail
-        )),
+        (Some(signer), Some(last), true) => {
+            line.push_str(&format!(
+                ", {} checkpoints signed by {signer}, the last at seq {last}; {} records after it are not signed yet",
+                r.checkpoints, r.unsigned_tail
+            ));
+            if r.offline_records > 0 {
+                line.push_str(&format!(
+                    "; {} records written while no signing writer ran (offline CLI, log_recovered) were signed when the next one opened the log",
+                    r.offline_records
+                ));
+            }
+        }
         (_, _, false) => line.push_str(&format!(
             ", {} checkpoints; signatures not checked (no --bundle)",
             r.checkpoints

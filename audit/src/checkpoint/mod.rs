@@ -39,6 +39,9 @@ const DOMAIN: &str = "meshgate-audit-checkpoint-v1";
 const VERSION: u64 = 1;
 /// The subject of every checkpoint record.
 pub(crate) const SUBJECT: &str = "chain";
+/// The longest interval a checkpoint may promise: a longer one reads as forged (it would let
+/// the checkpoint cover records written long before it was signed).
+pub const MAX_EVERY_SECONDS: u64 = 3600;
 
 /// Where a writer gets the key that signs its checkpoints: the component's current SVID
 /// (`meshgate_identity::tls::Credentials` is one, and swaps in renewed SVIDs).
@@ -65,11 +68,12 @@ pub struct CheckpointPolicy {
 }
 
 impl CheckpointPolicy {
-    /// At least 1 record and 1 second (shorter values are raised to these).
+    /// At least 1 record and 1 second (shorter values are raised to these), at most
+    /// [`MAX_EVERY_SECONDS`] (longer ones are lowered to it).
     pub fn new(every_records: u64, every: Duration) -> Self {
         Self {
             every_records: every_records.max(1),
-            every_seconds: every.as_secs().max(1),
+            every_seconds: every.as_secs().clamp(1, MAX_EVERY_SECONDS),
         }
     }
 

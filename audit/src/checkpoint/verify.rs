@@ -12,7 +12,7 @@ use meshgate_identity::{BundleSet, SpiffeId, TrustBundle};
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::{Claim, SUBJECT, Trigger, VERSION, message};
+use super::{Claim, MAX_EVERY_SECONDS, SUBJECT, Trigger, VERSION, message};
 use crate::record::format_time;
 use crate::{AuditError, Component, Outcome, Record};
 
@@ -46,6 +46,8 @@ pub enum CheckpointFault {
     WrongSigner { signer: String, component: String },
     #[error("signed by {signer}, but earlier checkpoints of this log by {first}")]
     SignerChanged { signer: String, first: String },
+    #[error("signed by {signer}, not by {expected} as expected")]
+    UnexpectedSigner { signer: String, expected: String },
     #[error("its certificate chain does not verify at the checkpoint's time: {0}")]
     Chain(String),
     #[error("the signature does not verify with the signer's key")]
@@ -91,8 +93,8 @@ pub(crate) fn check_structure(record: &Record) -> Result<Signed, CheckpointFault
         .filter(|n| *n > 0)
         .ok_or_else(|| malformed("every_records"))?;
     let every_seconds = number("every_seconds")
-        .filter(|n| *n > 0)
-        .ok_or_else(|| malformed("every_seconds"))?;
+        .filter(|n| (1..=MAX_EVERY_SECONDS).contains(n))
+        .ok_or_else(|| malformed("every_seconds (from 1 to 3600)"))?;
     let alg: &'static dyn VerificationAlgorithm = match text("alg") {
         Some("ecdsa_p256_sha256") => &signature::ECDSA_P256_SHA256_ASN1,
         Some("ecdsa_p384_sha384") => &signature::ECDSA_P384_SHA384_ASN1,

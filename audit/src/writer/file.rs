@@ -92,8 +92,39 @@ pub(super) struct ReadAt<'a> {
 
 impl<'a> ReadAt<'a> {
     pub(super) fn new(file: &'a File) -> Self {
-        Self { file, pos: 0 }
+        Self::from(file, 0)
     }
+
+    /// Reads on from byte `pos`.
+    pub(super) fn from(file: &'a File, pos: u64) -> Self {
+        Self { file, pos }
+    }
+}
+
+/// The bytes `from..to` of `file` (a line: the caller keeps the range short).
+pub(super) fn read_range(file: &File, from: u64, to: u64) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(to.saturating_sub(from))
+        .map_err(|_| io::Error::other("range too long to read"))?;
+    let mut buf = vec![0; len];
+    ReadAt::from(file, from).read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// The file's last line without its newline, read from its end: `None` when the file is
+/// empty, does not end in a newline, or its last line is longer than a record may be.
+pub(super) fn last_line(file: &File) -> io::Result<Option<Vec<u8>>> {
+    let len = file.metadata()?.len();
+    // The longest line, newline included, and the newline of the line before it.
+    let from = len.saturating_sub(crate::MAX_LINE_BYTES as u64 + 1);
+    let mut buf = read_range(file, from, len)?;
+    if buf.pop() != Some(b'\n') {
+        return Ok(None);
+    }
+    Ok(match buf.iter().rposition(|b| *b == b'\n') {
+        Some(i) => Some(buf.split_off(i.saturating_add(1))),
+        None if from == 0 => Some(buf),
+        None => None,
+    })
 }
 
 impl Read for ReadAt<'_> {

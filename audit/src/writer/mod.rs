@@ -13,14 +13,15 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use self::file::{ReadAt, is_at, open_locked};
+use self::file::{ReadAt, is_at, last_line, open_locked, read_range};
 use self::upkeep::Checkpointing;
 use crate::checkpoint::{CheckpointPolicy, CheckpointSigner, Trigger};
-use crate::record::{Body, Middle, encode_line_into, format_time};
+use crate::record::{Body, Middle, encode_line_into, format_time, parse_line};
 use crate::rotation::{Rotation, newest_rotated};
-use crate::verify::{Scan, Start, VerifySummary, scan};
+use crate::verify::{LineReader, Scan, Start, VerifySummary, check_line, scan};
 use crate::{
-    Action, AuditError, AuditEvent, ChainHash, Clock, Component, Damage, Outcome, SystemClock,
+    Action, AuditError, AuditEvent, ChainError, ChainHash, Clock, Component, Damage, Outcome,
+    Record, SystemClock,
 };
 
 /// The actor of the events this crate writes on its own (`log_recovered`, `gap`).
@@ -33,6 +34,13 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// the file's exclusive lock (flock) from the first append of a batch until the batch is
 /// written out, catches up with records another process appended (the CLI next to a running
 /// CA), and follows the file when another process rotated it.
+///
+/// A writer only ever goes on from its own head: what another process appended must continue
+/// it (the next seq, linked to the head), and is read from where the writer left off. A file
+/// that got shorter, whose last record the writer knows is gone from its place, or that holds
+/// records that do not continue the chain was rewritten behind the writer's back: it stops
+/// with [`AuditError::Chain`] (and [`AuditError::Failed`] after that) rather than sign a head
+/// it cannot vouch for.
 ///
 /// Appends are buffered; [`AuditWriter::sync`] makes them durable. After any failed write or
 /// sync the writer stops (what reached the file is unknown) and every call returns
@@ -53,6 +61,12 @@ pub struct AuditWriter {
     failed: Option<String>,
     /// The file's length as far as we know: if it grew past this, another process appended.
     file_len: u64,
+    /// Where the line of the last record (seq `next_seq - 1`, hash `head`) starts in the
+    /// current file; `None` while the file holds none (the head is in a rotated file, or the
+    /// log is empty).
+    last_at: Option<u64>,
+    /// Records (lines) in the current file as far as we know.
+    file_records: u64,
     /// Whether we hold the file's exclusive lock (from the first append of a batch to its
     /// write-out).
     locked: bool,
@@ -168,15 +182,23 @@ impl AuditWriter {
         // hold the file's exclusive lock while they read the tail and append.
         let (file, created) = open_locked(path)?;
         let mut chain = VerifySummary::EMPTY;
+        let mut last_at = None;
         let mut torn = None;
         if !created {
             match scan(ReadAt::new(&file), Start::Anywhere).map_err(AuditError::io(path, "read"))? {
-                Scan::Sound(summary) => chain = summary,
+                Scan::Sound {
+                    summary,
+                    last_at: at,
+                } => {
+                    chain = summary;
+                    last_at = at;
+                }
                 Scan::Damaged {
                     error,
                     offset,
                     is_final: true,
                     before,
+                    before_last_at,
                 } if matches!(
                     error.kind,
                     Damage::Truncated | Damage::Malformed | Damage::Edited
@@ -187,6 +209,7 @@ impl AuditWriter {
                         .map_err(AuditError::io(path, "truncate"))?;
                     file.sync_all().map_err(AuditError::io(path, "sync"))?;
                     chain = before;
+                    last_at = before_last_at;
                     torn = Some((error.kind, len.saturating_sub(offset)));
                 }
                 Scan::Damaged { error, .. } => {
@@ -198,12 +221,20 @@ impl AuditWriter {
             }
         }
         let records = chain.records;
+        let first = (records > 0).then(|| first_record(&file)).flatten();
         let file_first = match chain.first_seq {
             0 => None,
-            seq => Some((seq, first_time(&file).unwrap_or(OffsetDateTime::UNIX_EPOCH))),
+            seq => Some((
+                seq,
+                first
+                    .as_ref()
+                    .map_or(OffsetDateTime::UNIX_EPOCH, |r| r.time),
+            )),
         };
         if chain.records == 0 {
             chain = rotated_head(path)?;
+        } else if chain.first_seq > 1 {
+            continues_rotated(path, first.as_ref())?;
         }
         let file_len = file.metadata().map_err(AuditError::io(path, "stat"))?.len();
         // The clock is read only when a record is written or checkpoints are counted: tests
@@ -221,6 +252,8 @@ impl AuditWriter {
             head: chain.head_hash,
             failed: None,
             file_len,
+            last_at,
+            file_records: records,
             locked: true,
             file_first,
             rotation: options.rotation,
@@ -263,8 +296,9 @@ impl AuditWriter {
     }
 
     /// Appends `event` as the next record (buffered; see [`AuditWriter::sync`]) and returns its
-    /// seq. The record's time is the clock's now. May rotate the file first, and write a
-    /// checkpoint after the record.
+    /// seq. The record's time is the clock's now. May write a checkpoint that is due (records
+    /// another process appended count too) and rotate the file first, and write a checkpoint
+    /// after the record.
     pub fn append(&mut self, event: &AuditEvent) -> Result<u64, AuditError> {
         self.append_middle(Middle::Event(event))
     }
@@ -278,6 +312,8 @@ impl AuditWriter {
         self.check()?;
         self.lock_and_catch_up()?;
         let now = self.clock.now();
+        // Records another process appended may have filled the interval already.
+        self.checkpoint_if_full(now)?;
         self.rotate_if_due(now)?;
         let seq = self.append_at(middle, now)?;
         self.checkpoint_if_counted(now)?;
@@ -291,8 +327,11 @@ impl AuditWriter {
             return Err(AuditError::Internal("audit sequence numbers exhausted"));
         }
         let time = format_time(now)?;
+        let at = self.file_len.saturating_add(self.buf.len() as u64);
         self.head = encode_line_into(&mut self.buf, seq, &time, middle, &self.head)?;
         self.next_seq = seq.saturating_add(1);
+        self.last_at = Some(at);
+        self.file_records = self.file_records.saturating_add(1);
         self.file_first.get_or_insert((seq, now));
         if self.buf.len() >= WRITE_CHUNK {
             self.write_buf()?;
@@ -354,7 +393,12 @@ impl AuditWriter {
         self.catch_up()
     }
 
-    /// Re-reads our file if it grew past what we wrote.
+    /// Reads what another process appended to our file since we last wrote or read it, from
+    /// where we left off (O(new bytes)); it must go on from our head. A file that got shorter,
+    /// whose last record we know is no longer where it was, or whose new records do not
+    /// continue our chain was rewritten behind our back: the writer stops rather than sign it.
+    /// A torn final line (a writer in another process crashed mid-write) is refused without
+    /// stopping: nothing is adopted, and the next writer to open the log cuts it off.
     fn catch_up(&mut self) -> Result<(), AuditError> {
         let len = match self.file.metadata() {
             Ok(m) => m.len(),
@@ -363,28 +407,93 @@ impl AuditWriter {
         if len == self.file_len {
             return Ok(());
         }
-        match scan(ReadAt::new(&self.file), Start::Anywhere) {
-            Ok(Scan::Sound(summary)) => {
-                if summary.records > 0 {
-                    self.next_seq = summary.last_seq.saturating_add(1);
-                    self.head = summary.head_hash;
+        if len < self.file_len {
+            let error = self.at_head(Damage::Deleted);
+            return Err(self.broken(
+                error,
+                "the file is shorter than what this writer wrote or read: it was cut back",
+            ));
+        }
+        if let Some(at) = self.last_at {
+            match self.still_holds_head(at) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let error = self.at_head(Damage::Edited);
+                    return Err(self.broken(
+                        error,
+                        "the last record this writer wrote or read is no longer where it was",
+                    ));
+                }
+                Err(e) => return Err(self.stop("read", e)),
+            }
+        }
+        let found = continuation(
+            &self.file,
+            self.file_len,
+            (self.next_seq, self.head),
+            self.file_records,
+        );
+        match found {
+            Ok(Continuation::Continues(c)) => {
+                if c.records > 0 {
+                    self.next_seq = c.next_seq;
+                    self.head = c.head;
+                    self.last_at = c.last_at;
+                    self.file_records = self.file_records.saturating_add(c.records);
                     if self.file_first.is_none() {
-                        let first = first_time(&self.file).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-                        self.file_first = Some((summary.first_seq, first));
+                        self.file_first = c.first;
                     }
                 }
-                self.file_len = len;
+                self.file_len = c.end;
                 Ok(())
             }
-            Ok(Scan::Damaged { error, .. }) => {
+            Ok(Continuation::Torn(error)) => {
                 self.unlock();
                 Err(AuditError::Chain {
                     path: self.path.clone(),
                     error,
                 })
             }
+            Ok(Continuation::Broken(error)) => Err(self.broken(
+                error,
+                "what was appended does not continue this writer's chain",
+            )),
             Err(e) => Err(self.stop("read", e)),
         }
+    }
+
+    /// Whether the line at `at` (to the end we know) is still our last record.
+    fn still_holds_head(&self, at: u64) -> io::Result<bool> {
+        if self.file_len.saturating_sub(at) > crate::MAX_LINE_BYTES as u64 {
+            return Ok(false);
+        }
+        let mut line = read_range(&self.file, at, self.file_len)?;
+        if line.pop() != Some(b'\n') || line.contains(&b'\n') {
+            return Ok(false);
+        }
+        Ok(parse_line(&line).is_ok_and(|r| r.seq == self.last_seq() && r.hash == self.head))
+    }
+
+    /// Damage of `kind` at our last record.
+    fn at_head(&self, kind: Damage) -> ChainError {
+        ChainError {
+            seq: self.last_seq(),
+            line: self.file_records,
+            kind,
+        }
+    }
+
+    /// Stops the writer: the file no longer continues what it wrote or read, so nothing it
+    /// appends (above all no checkpoint) may go on from there.
+    fn broken(&mut self, error: ChainError, why: &str) -> AuditError {
+        let error = AuditError::Chain {
+            path: self.path.clone(),
+            error,
+        };
+        self.fail(format!(
+            "{error} ({why}); this writer stopped and signs nothing more"
+        ));
+        error
     }
 
     fn unlock(&mut self) {
@@ -443,14 +552,29 @@ impl AuditWriter {
     }
 }
 
-/// The chain head a new or empty file goes on from: the newest rotated file's, if any.
+/// The chain head a new or empty file goes on from: the newest rotated file's, if any. That
+/// file must be sound and start at the seq its name gives.
 fn rotated_head(path: &Path) -> Result<VerifySummary, AuditError> {
-    let Some(rotated) = newest_rotated(path).map_err(AuditError::io(path, "list"))? else {
+    let Some((named, rotated)) = newest_rotated(path).map_err(AuditError::io(path, "list"))? else {
         return Ok(VerifySummary::EMPTY);
     };
     let file = File::open(&rotated).map_err(AuditError::io(&rotated, "open"))?;
     match scan(file, Start::Anywhere).map_err(AuditError::io(&rotated, "read"))? {
-        Scan::Sound(summary) => Ok(summary),
+        Scan::Sound { summary, .. } if summary.records > 0 && summary.first_seq == named => {
+            Ok(summary)
+        }
+        Scan::Sound { summary, .. } => Err(AuditError::Chain {
+            path: rotated,
+            error: ChainError {
+                seq: named,
+                line: 1,
+                kind: if summary.records > 0 && summary.first_seq < named {
+                    Damage::Inserted
+                } else {
+                    Damage::Deleted
+                },
+            },
+        }),
         Scan::Damaged { error, .. } => Err(AuditError::Chain {
             path: rotated,
             error,
@@ -458,11 +582,114 @@ fn rotated_head(path: &Path) -> Result<VerifySummary, AuditError> {
     }
 }
 
-/// The time of the file's first record (for rotation by age).
-fn first_time(file: &File) -> Option<OffsetDateTime> {
-    let mut lines = crate::verify::LineReader::new(ReadAt::new(file));
+/// A file whose first record is not seq 1 must go on from the newest rotated file's last
+/// record, when there is a rotated file (retention may have removed them all).
+fn continues_rotated(path: &Path, first: Option<&Record>) -> Result<(), AuditError> {
+    let Some((_, rotated)) = newest_rotated(path).map_err(AuditError::io(path, "list"))? else {
+        return Ok(());
+    };
+    let file = File::open(&rotated).map_err(AuditError::io(&rotated, "open"))?;
+    let last = last_line(&file)
+        .map_err(AuditError::io(&rotated, "read"))?
+        .and_then(|line| parse_line(&line).ok());
+    let (seq, kind) = match (last, first) {
+        (Some(last), Some(first))
+            if first.seq == last.seq.saturating_add(1) && first.prev == last.hash =>
+        {
+            return Ok(());
+        }
+        (Some(last), Some(first)) if first.seq > last.seq.saturating_add(1) => {
+            (last.seq.saturating_add(1), Damage::Deleted)
+        }
+        (_, first) => (first.map_or(1, |f| f.seq), Damage::Inserted),
+    };
+    Err(AuditError::Chain {
+        path: path.to_owned(),
+        error: ChainError { seq, line: 1, kind },
+    })
+}
+
+/// The file's first record (its time is the file's age, for rotation).
+fn first_record(file: &File) -> Option<Record> {
+    let mut lines = LineReader::new(ReadAt::new(file));
     lines.next_line().ok().flatten()?;
-    crate::record::parse_line(&lines.buf).ok().map(|r| r.time)
+    parse_line(&lines.buf).ok()
+}
+
+/// What follows byte `from` of a file, read on from a chain head.
+enum Continuation {
+    /// Whole records that go on from the head (none, when nothing follows).
+    Continues(Continued),
+    /// Only the final line is bad (cut short, not a record, or its hash does not match): what
+    /// a writer that crashed mid-write leaves.
+    Torn(ChainError),
+    /// A record that does not go on from the head, or damage before the final line.
+    Broken(ChainError),
+}
+
+struct Continued {
+    records: u64,
+    next_seq: u64,
+    head: ChainHash,
+    /// Where the last whole record ends.
+    end: u64,
+    /// Where the last record's line starts.
+    last_at: Option<u64>,
+    /// The first record's seq and time.
+    first: Option<(u64, OffsetDateTime)>,
+}
+
+/// Reads `file` from byte `from` on: each record must have the next seq and link to the one
+/// before, the first to `(next_seq, head)`. `lines_before` numbers the lines in errors.
+fn continuation(
+    file: &File,
+    from: u64,
+    (next_seq, head): (u64, ChainHash),
+    lines_before: u64,
+) -> io::Result<Continuation> {
+    let mut lines = LineReader::new(ReadAt::from(file, from));
+    let mut c = Continued {
+        records: 0,
+        next_seq,
+        head,
+        end: from,
+        last_at: None,
+        first: None,
+    };
+    let mut line = lines_before;
+    while let Some(meta) = lines.next_line()? {
+        line = line.saturating_add(1);
+        let record = match check_line(&lines.buf, meta) {
+            Ok(record) => record,
+            Err(kind) => {
+                let error = ChainError {
+                    seq: c.next_seq,
+                    line,
+                    kind,
+                };
+                return Ok(if lines.next_line()?.is_none() {
+                    Continuation::Torn(error)
+                } else {
+                    Continuation::Broken(error)
+                });
+            }
+        };
+        if record.seq != c.next_seq || record.prev != c.head {
+            let (seq, kind) = if record.seq > c.next_seq {
+                (c.next_seq, Damage::Deleted)
+            } else {
+                (record.seq, Damage::Inserted)
+            };
+            return Ok(Continuation::Broken(ChainError { seq, line, kind }));
+        }
+        c.first.get_or_insert((record.seq, record.time));
+        c.last_at = Some(c.end);
+        c.end = c.end.saturating_add(meta.len_on_disk());
+        c.next_seq = record.seq.saturating_add(1);
+        c.head = record.hash;
+        c.records = c.records.saturating_add(1);
+    }
+    Ok(Continuation::Continues(c))
 }
 
 #[cfg(test)]
@@ -479,6 +706,8 @@ impl AuditWriter {
             head: ChainHash::ZERO,
             failed: None,
             file_len: 0,
+            last_at: None,
+            file_records: 0,
             locked: false,
             file_first: None,
             rotation: Rotation::never(),

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::AuditWriter;
-use super::file::{ReadAt, open_locked, sync_parent};
+use super::file::{open_locked, sync_parent};
 use crate::checkpoint::{self, CheckpointPolicy, CheckpointSigner, Trigger};
 use crate::rotation::rotated_name;
-use crate::verify::{Scan, Start, scan};
 use crate::{AuditError, record::format_time};
 
 /// After a failed signing attempt (no key yet, an expired SVID) the writer tries again no
@@ -65,6 +64,19 @@ impl AuditWriter {
             return Ok(());
         };
         self.write_checkpoint(trigger, now)
+    }
+
+    /// Before an append: a checkpoint when the records since the last one (another process
+    /// appended some) already number `every_records`, so that ours does not overrun the
+    /// promise.
+    pub(super) fn checkpoint_if_full(&mut self, now: OffsetDateTime) -> Result<(), AuditError> {
+        let last_seq = self.last_seq();
+        match &self.checkpoints {
+            Some(cp) if last_seq.saturating_sub(cp.last_seq) >= cp.policy.every_records() => {
+                self.write_checkpoint(Trigger::Records, now)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// For a writer that may sit idle (the sink calls this about once a second): when the
@@ -190,7 +202,8 @@ impl AuditWriter {
     }
 
     /// Moves to the file now at `path` (we rotated ours, or another process did), keeping the
-    /// lock; its records, if another process wrote any already, continue our chain.
+    /// lock. Records another process wrote to it already must continue our chain (the new file
+    /// goes on from the rotated one's last record); if they do not, the writer stops.
     pub(super) fn follow_rotation(&mut self) -> Result<(), AuditError> {
         let (file, _) = match open_locked(&self.path) {
             Ok(opened) => opened,
@@ -203,31 +216,9 @@ impl AuditWriter {
         let _ = old.unlock();
         self.file_len = 0;
         self.file_first = None;
-        let len = match self.file.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => return Err(self.stop("stat", e)),
-        };
-        if len == 0 {
-            return Ok(());
-        }
-        match scan(ReadAt::new(&self.file), Start::Anywhere) {
-            Ok(Scan::Sound(summary)) => {
-                self.next_seq = summary.last_seq.saturating_add(1);
-                self.head = summary.head_hash;
-                let first = super::first_time(&self.file).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-                self.file_first = Some((summary.first_seq, first));
-                self.file_len = len;
-                Ok(())
-            }
-            Ok(Scan::Damaged { error, .. }) => {
-                self.unlock();
-                Err(AuditError::Chain {
-                    path: self.path.clone(),
-                    error,
-                })
-            }
-            Err(e) => Err(self.stop("read", e)),
-        }
+        self.last_at = None;
+        self.file_records = 0;
+        self.catch_up()
     }
 
     /// Closes the log cleanly: with a signer, a `shutdown` checkpoint signs the final head;
