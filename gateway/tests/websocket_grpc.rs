@@ -196,18 +196,7 @@ async fn a_websocket_lives_until_its_peers_svid_expires_not_before() {
         let payments = kit.payments(upstream, Limits::default(), None).await;
         let agent = kit.enroll(CHECKOUT).await;
         let not_after = agent.svid().info.not_after;
-        let verifier =
-            SpiffeServerVerifier::new(agent.shared_bundles(), SpiffeId::parse(PAYMENTS).unwrap());
-        let certs = agent.credentials() as Arc<dyn ResolvesClientCert>;
-        let tls = client_config(Arc::new(verifier), Some(certs), &[ALPN_HTTP11]).unwrap();
-        let tcp = TcpStream::connect(payments.gateway.inbound.unwrap())
-            .await
-            .unwrap();
-        let name = ServerName::try_from("payments.bank.example").unwrap();
-        let mut tls = TlsConnector::from(Arc::new(tls))
-            .connect(name, tcp)
-            .await
-            .unwrap();
+        let mut tls = mtls_client(&agent, payments.gateway.inbound.unwrap()).await;
         let head = open(&mut tls, "/v1/chat").await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
         // Inside the last 10 s, past the wind-down: still open, still echoing.
@@ -227,6 +216,24 @@ async fn a_websocket_lives_until_its_peers_svid_expires_not_before() {
     .unwrap();
 }
 
+/// An mTLS connection to an inbound listener with `agent`'s SVID, speaking HTTP/1.1, as a
+/// north-south client with its own SVID does.
+async fn mtls_client(
+    agent: &meshgate_gateway::Agent,
+    inbound: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let verifier =
+        SpiffeServerVerifier::new(agent.shared_bundles(), SpiffeId::parse(PAYMENTS).unwrap());
+    let certs = agent.credentials() as Arc<dyn ResolvesClientCert>;
+    let tls = client_config(Arc::new(verifier), Some(certs), &[ALPN_HTTP11]).unwrap();
+    let tcp = TcpStream::connect(inbound).await.unwrap();
+    let name = ServerName::try_from("payments.bank.example").unwrap();
+    TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
 /// Sleeps until the wall clock reads `at` (unix seconds).
 async fn sleep_until_unix(at: u64) {
     let now = std::time::SystemTime::now()
@@ -244,18 +251,7 @@ async fn a_websocket_opens_from_an_mtls_client_straight_to_the_inbound() {
         let payments = kit.payments(upstream, Limits::default(), None).await;
         // A north-south client with its own SVID, speaking HTTP/1.1 over mTLS.
         let agent = kit.enroll(CHECKOUT).await;
-        let verifier =
-            SpiffeServerVerifier::new(agent.shared_bundles(), SpiffeId::parse(PAYMENTS).unwrap());
-        let certs = agent.credentials() as Arc<dyn ResolvesClientCert>;
-        let tls = client_config(Arc::new(verifier), Some(certs), &[ALPN_HTTP11]).unwrap();
-        let tcp = TcpStream::connect(payments.gateway.inbound.unwrap())
-            .await
-            .unwrap();
-        let name = ServerName::try_from("payments.bank.example").unwrap();
-        let mut tls = TlsConnector::from(Arc::new(tls))
-            .connect(name, tcp)
-            .await
-            .unwrap();
+        let mut tls = mtls_client(&agent, payments.gateway.inbound.unwrap()).await;
         let head = open(&mut tls, "/v1/chat").await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
         assert!(
