@@ -19,6 +19,16 @@ impl std::fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
+/// Standard output cannot be written: a reader that went away (a closed pipe) ends the program
+/// quietly with success, as `head` expects; any other failure is reported and exits 1.
+pub fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(i32::from(FAILURE))
+}
+
 /// Shorthand for a bad-input error with a message.
 pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(msg.into()))

@@ -3,6 +3,27 @@
 
 #![forbid(unsafe_code)]
 
+// `println!` and `print!` for every command: output to a closed pipe (`meshgate ... | head -1`)
+// ends the program quietly instead of panicking. Defined before the modules so that it shadows
+// the standard macros in all of them.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::exit::stdout_failed(&e)
+        }
+    }};
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            $crate::exit::stdout_failed(&e)
+        }
+    }};
+}
+
 mod cmd;
 mod exit;
 

@@ -578,3 +578,20 @@ fn gateway_run_reads_the_readme_config_and_names_bad_values() {
     let o = meshgate(&["gateway", "run", "--config", s(&config)]);
     assert_exit(&o, 2, "--bootstrap-token");
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_not_with_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(BIN)
+        .args(["ca", "init", "--trust-domain", "example.org", "--dir"])
+        .arg(tmp.path().join("ca"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    // The work was done before the output was lost.
+    assert!(tmp.path().join("ca").join("ca.db").exists());
+}
