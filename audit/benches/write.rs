@@ -15,7 +15,11 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use meshgate_audit::{Action, AuditEvent, AuditSink, AuditWriter, Component, Outcome};
+use meshgate_audit::{AuditSink, AuditWriter, Component};
+
+#[path = "../examples/common/mod.rs"]
+mod common;
+use common::event;
 
 /// Events per iteration.
 const EVENTS: u64 = 10_000;
@@ -23,24 +27,6 @@ const EVENTS: u64 = 10_000;
 const QUEUE: usize = 4096;
 /// Events per sync in the writer benchmark.
 const WRITER_BATCH: u64 = 1024;
-
-/// A gateway denial as the gateway writes it (about 480 bytes on disk).
-fn event(i: u64) -> AuditEvent {
-    AuditEvent::new(
-        Component::Gateway,
-        "spiffe://bank.example/ns/web/sa/frontend",
-        Action::RequestDeny,
-        "spiffe://bank.example/ns/payments/sa/api",
-        Outcome::Denied,
-    )
-    .with_reason("policy")
-    .with_source("10.1.2.3:51234")
-    .with_request_id(format!("req-{i:016x}"))
-    .with_trust_domain("bank.example")
-    .with_detail("method", "POST")
-    .with_detail("path", "/v1/charges")
-    .with_detail("rule", "default deny")
-}
 
 /// A temporary directory on a real disk (the target directory), not a tmpfs where fsync is free.
 fn bench_dir() -> tempfile::TempDir {

@@ -12,7 +12,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use meshgate_audit::{Action, AuditEvent, AuditSink, AuditWriter, Component, MAX_BATCH, Outcome};
+use meshgate_audit::{AuditSink, AuditWriter, Component, MAX_BATCH};
+
+mod common;
+use common::event;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -78,24 +81,6 @@ fn main() -> Result<(), Error> {
             .join(" ")
     );
     Ok(())
-}
-
-/// A gateway denial as the gateway writes it (about 480 bytes on disk), as in the bench.
-fn event(i: u64) -> AuditEvent {
-    AuditEvent::new(
-        Component::Gateway,
-        "spiffe://bank.example/ns/web/sa/frontend",
-        Action::RequestDeny,
-        "spiffe://bank.example/ns/payments/sa/api",
-        Outcome::Denied,
-    )
-    .with_reason("policy")
-    .with_source("10.1.2.3:51234")
-    .with_request_id(format!("req-{i:016x}"))
-    .with_trust_domain("bank.example")
-    .with_detail("method", "POST")
-    .with_detail("path", "/v1/charges")
-    .with_detail("rule", "default deny")
 }
 
 /// User plus system CPU time of this process so far (Linux, from /proc/self/stat).

@@ -233,7 +233,7 @@ async fn handle(
     let elapsed = start.elapsed();
     inbound.shared.metrics.request(
         DIRECTION,
-        &peer.id,
+        &peer.label,
         outcome.decision,
         status,
         elapsed.as_secs_f64(),

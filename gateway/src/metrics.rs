@@ -1,6 +1,7 @@
 //! The gateway's Prometheus metrics, served in text form on the admin listener.
 
-use meshgate_identity::SpiffeId;
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,7 +15,7 @@ pub(crate) struct RequestLabels {
     /// The authenticated client for inbound requests, the expected server for outbound ones.
     /// Bounded by the identities the trust bundles vouch for: an unauthenticated client never
     /// reaches a request.
-    pub peer: String,
+    pub peer: Arc<String>,
     pub decision: &'static str,
     pub status: u16,
 }
@@ -199,7 +200,7 @@ impl Metrics {
     pub(crate) fn request(
         &self,
         direction: &'static str,
-        peer: &SpiffeId,
+        peer: &Arc<String>,
         decision: &'static str,
         status: u16,
         seconds: f64,
@@ -207,7 +208,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 direction,
-                peer: peer.to_string(),
+                peer: peer.clone(),
                 decision,
                 status,
             })

@@ -46,6 +46,8 @@ pub(crate) struct Outbound {
     route: Route,
     dialer: Dialer,
     pool: Mutex<Option<Pooled>>,
+    /// The expected peer as the `peer` label of the request metrics.
+    peer_label: Arc<String>,
 }
 
 /// The HTTP/2 connection to the peer gateway. New requests go to it until its peer's SVID nears
@@ -81,6 +83,7 @@ impl Outbound {
         let dialer = Dialer::new(shared.clone(), route.clone(), ALPN_H2)?;
         Ok(Self {
             shared,
+            peer_label: Arc::new(route.expected_peer.to_string()),
             route,
             dialer,
             pool: Mutex::new(None),
@@ -227,7 +230,7 @@ async fn handle(
     let elapsed = start.elapsed();
     outbound.shared.metrics.request(
         DIRECTION,
-        &outbound.route.expected_peer,
+        &outbound.peer_label,
         "none",
         status,
         elapsed.as_secs_f64(),

@@ -24,6 +24,9 @@ pub(crate) struct Peer {
     pub serial: Serial,
     pub not_after: u64,
     pub sha256: [u8; 32],
+    /// `id` as the `peer` label of the request metrics, made once per connection so that
+    /// counting a request clones a pointer, not the ID.
+    pub label: Arc<String>,
 }
 
 /// A connection whose peer passed the handshake and is not revoked.
@@ -80,6 +83,7 @@ pub(crate) async fn accept(
         return None;
     };
     let peer = Arc::new(Peer {
+        label: Arc::new(info.spiffe_id.to_string()),
         id: info.spiffe_id,
         addr,
         serial: info.serial,
