@@ -11,7 +11,10 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 /// The body type of every answer the gateway gives: a relayed body or one of its own.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Why a body failed: hyper's error for a relayed one, or the gateway's own (an idle stream).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why the gateway answers instead of the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +29,7 @@ pub enum Refusal {
     BadRequest(&'static str),
     /// The local service, or the peer gateway, could not be reached or failed mid-answer.
     BadGateway(String),
-    /// Connecting to the next hop took too long.
+    /// Connecting to the next hop, or its answer, took too long.
     GatewayTimeout(String),
 }
 
