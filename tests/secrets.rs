@@ -95,8 +95,8 @@ fn no_token_or_private_key_reaches_a_log_an_audit_record_an_export_or_the_datast
         ),
         None,
     );
-    let payments = run.gateway("gw-payments", &payments_cfg, &payments_token);
-    let web = run.gateway("gw-web", &web_cfg, &web_token);
+    let payments = run.gateway("gw-payments", &payments_cfg, &payments_token, "text");
+    let web = run.gateway("gw-web", &web_cfg, &web_token, "json");
     wait_ready(payments.admin);
     wait_ready(web.admin);
     let answer = http_get(web_out, "/status").unwrap();
@@ -441,7 +441,8 @@ impl Run {
         }
     }
 
-    fn gateway(&mut self, name: &str, cfg: &GatewayConfig, token: &str) -> Server {
+    /// `gateway run`, its logs as `text` or `json` lines.
+    fn gateway(&mut self, name: &str, cfg: &GatewayConfig, token: &str, logs: &str) -> Server {
         let (out, err, _) = self.files(name);
         let child = self
             .command(
@@ -449,6 +450,7 @@ impl Run {
                 &[&cfg.file],
                 &[],
             )
+            .env("MESHGATE_LOG_FORMAT", logs)
             .stdout(out)
             .stderr(err)
             .spawn()
