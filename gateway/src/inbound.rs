@@ -486,6 +486,10 @@ async fn forward(
             );
             Response::from_parts(parts, body.boxed())
         }
+        Some(Err(e)) if stream::went_idle(&e) => {
+            tracing::info!(peer = %peer.id, "the peer stopped sending its request body");
+            stream::STALLED_BODY.into_response()
+        }
         Some(Err(e)) => {
             tracing::warn!(upstream = %inbound.upstream.authority, "the local service failed: {e:?}");
             Refusal::BadGateway("the service behind this gateway did not answer".into())

@@ -344,6 +344,10 @@ async fn relay(
                 );
                 return Ok(Response::from_parts(parts, body.boxed()));
             }
+            Err(e) if stream::went_idle(e.error()) => {
+                tracing::info!(route = %outbound.route.name, "the app stopped sending its request body");
+                return Err(stream::STALLED_BODY);
+            }
             Err(mut e) => {
                 let error = e.error().to_string();
                 let unsent = e.take_message();

@@ -31,6 +31,8 @@ pub enum Refusal {
     BadGateway(String),
     /// Connecting to the next hop, or its answer, took too long.
     GatewayTimeout(String),
+    /// The caller stopped sending its request body.
+    RequestTimeout(&'static str),
 }
 
 impl Refusal {
@@ -41,6 +43,7 @@ impl Refusal {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -52,6 +55,7 @@ impl Refusal {
             Self::BadRequest(_) => "bad_request",
             Self::BadGateway(_) => "bad_gateway",
             Self::GatewayTimeout(_) => "gateway_timeout",
+            Self::RequestTimeout(_) => "request_timeout",
         }
     }
 
@@ -63,7 +67,7 @@ impl Refusal {
             Self::RateLimited { .. } => {
                 "your identity has sent more requests than this service's rate limit allows; retry later"
             }
-            Self::BadRequest(m) => m,
+            Self::BadRequest(m) | Self::RequestTimeout(m) => m,
             Self::BadGateway(m) | Self::GatewayTimeout(m) => m,
         }
     }

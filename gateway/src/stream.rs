@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::conn::Activity;
-use crate::reply::{Body, BoxError};
+use crate::reply::{Body, BoxError, Refusal};
 
 /// A body that fails after `idle` without a frame while its reader waits, marks `activity` at
 /// each frame, and (for request bodies) tells [`answer`] when it has been sent whole.
@@ -137,6 +137,23 @@ impl HttpBody for Watched {
 #[derive(Debug, thiserror::Error)]
 #[error("no data moved on the stream for {}s (limits.idle_timeout)", .0.as_secs())]
 pub(crate) struct StreamIdle(Duration);
+
+/// True when `error` (or what caused it) is a body that went idle: the caller stalled its
+/// request body, which is not the next hop's fault.
+pub(crate) fn went_idle(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<StreamIdle>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The answer to a caller whose request body stalled.
+pub(crate) const STALLED_BODY: Refusal =
+    Refusal::RequestTimeout("the request body stopped arriving (limits.idle_timeout)");
 
 /// Waits for `request` (the next hop's answer) until `timeout` has passed since the request
 /// body was sent whole; `None` when it did not come in time.

@@ -1,9 +1,9 @@
 //! Every wait on a peer ends: a service that accepts a request and never answers gets the caller
 //! a 504 (plain requests and WebSocket openings), and so does a peer gateway that never
 //! answers; a stream that stalls mid-body fails after the idle timeout even on an HTTP/2
-//! connection that other requests keep busy; and a slow but steady stream outlives the
-//! response, idle and header timeouts alike. Real TLS on 127.0.0.1, SVIDs from the real CA
-//! server. No assertion on time: each test only checks what the answer is, under an overall
+//! connection that other requests keep busy; an upload that stalls gets a 408; and a slow but
+//! steady stream outlives the response, idle and header timeouts alike. Real TLS on 127.0.0.1,
+//! SVIDs from the real CA server. No assertion on time: each test only checks what the answer is, under an overall
 //! guard that turns a hang into a failure.
 
 #![allow(
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Empty};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use kit::{CHECKOUT, Kit};
@@ -115,6 +115,8 @@ async fn a_service_that_never_answers_gets_a_504_and_the_gateway_serves_others()
         let hanging: Vec<_> = (0..4)
             .map(|_| tokio::spawn(async move { call(to, "GET", "/hang", &[]).await }))
             .collect();
+        // Without a body at all, the clock starts as soon as the head has gone.
+        let empty = tokio::spawn(async move { get(to, "/hang").await.status() });
         // Served while the others wait.
         assert_eq!(call(to, "GET", "/ok", &[]).await.status, StatusCode::OK);
         for h in hanging {
@@ -130,6 +132,7 @@ async fn a_service_that_never_answers_gets_a_504_and_the_gateway_serves_others()
                 "{json}"
             );
         }
+        assert_eq!(empty.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(call(to, "GET", "/ok", &[]).await.status, StatusCode::OK);
     })
     .await
@@ -149,12 +152,7 @@ async fn a_websocket_opening_the_service_never_answers_gets_a_504() {
         )
         .await
         .unwrap();
-        let mut answer = Vec::new();
-        let mut byte = [0u8; 1];
-        while !answer.ends_with(b"\r\n") && app.read(&mut byte).await.unwrap() == 1 {
-            answer.push(byte[0]);
-        }
-        let status = String::from_utf8_lossy(&answer).into_owned();
+        let status = status_line(&mut app).await;
         assert!(status.starts_with("HTTP/1.1 504"), "{status}");
     })
     .await
@@ -180,6 +178,8 @@ async fn an_outbound_route_answers_504_when_the_peer_gateway_never_answers() {
             json["message"].as_str().unwrap().contains("peer gateway"),
             "{json}"
         );
+        let empty = get(checkout.to_payments(), "/hang").await;
+        assert_eq!(empty.status(), StatusCode::GATEWAY_TIMEOUT);
         // The pooled connection to payments still carries requests.
         let ok = call(checkout.to_payments(), "GET", "/ok", &[]).await;
         assert_eq!(ok.status, StatusCode::OK);
@@ -222,6 +222,31 @@ async fn a_stalled_stream_fails_after_the_idle_timeout_on_a_busy_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_stalls_gets_a_408_after_the_idle_timeout() {
+    tokio::time::timeout(LIMIT, async {
+        let kit = Kit::start().await;
+        let upstream = Target::parse(&service().await.to_string()).unwrap();
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        };
+        let payments = kit.payments(upstream, limits, None).await;
+        let checkout = kit.client(CHECKOUT, &payments).await;
+        let mut app = TcpStream::connect(checkout.to_payments()).await.unwrap();
+        // One chunk of an unsized body, then nothing; the service waits for the rest.
+        app.write_all(
+            b"POST /upload HTTP/1.1\r\nhost: payments.bank.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+        )
+        .await
+        .unwrap();
+        let status = status_line(&mut app).await;
+        assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_steady_stream_outlives_the_response_idle_and_header_timeouts() {
     tokio::time::timeout(LIMIT, async {
         let kit = Kit::start().await;
@@ -243,8 +268,25 @@ async fn a_slow_steady_stream_outlives_the_response_idle_and_header_timeouts() {
     .unwrap();
 }
 
+/// The first line of the answer on a raw connection.
+async fn status_line(tcp: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n") && tcp.read(&mut byte).await.unwrap() == 1 {
+        answer.push(byte[0]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A GET whose answer must start with 200; its body, still streaming.
 async fn get_stream(addr: SocketAddr, path: &str) -> hyper::body::Incoming {
+    let response = get(addr, path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body()
+}
+
+/// A GET without a body (no `content-length`): the answer, its body still streaming.
+async fn get(addr: SocketAddr, path: &str) -> hyper::Response<hyper::body::Incoming> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -252,9 +294,7 @@ async fn get_stream(addr: SocketAddr, path: &str) -> hyper::body::Incoming {
     tokio::spawn(conn);
     let req = Request::get(path)
         .header("host", "payments.bank.example")
-        .body(Full::new(Bytes::new()))
+        .body(Empty::<Bytes>::new())
         .unwrap();
-    let response = sender.send_request(req).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.into_body()
+    sender.send_request(req).await.unwrap()
 }
