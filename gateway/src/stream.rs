@@ -26,7 +26,9 @@ use crate::reply::{Body, BoxError, Refusal};
 pub(crate) struct Watched {
     inner: Body,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first wait, so that a body that never makes its reader wait (most small ones)
+    /// costs no timer.
+    timer: Option<Pin<Box<Sleep>>>,
     /// True while a read is waiting for the next frame: the timer runs only then, so a reader
     /// that pauses (back-pressure) is not mistaken for a writer that stalled.
     waiting: bool,
@@ -60,7 +62,7 @@ impl Watched {
         Self {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             waiting: false,
             activity,
             sent,
@@ -92,12 +94,6 @@ impl HttpBody for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if !this.waiting {
-            this.waiting = true;
-            if let Some(deadline) = Instant::now().checked_add(this.idle) {
-                this.timer.as_mut().reset(deadline);
-            }
-        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.waiting = false;
@@ -114,13 +110,25 @@ impl HttpBody for Watched {
                 this.ended();
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.ended();
-                    Poll::Ready(Some(Err(Box::new(StreamIdle(this.idle)))))
+            Poll::Pending => {
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)));
+                if !this.waiting {
+                    // A new wait: the timer runs from now.
+                    this.waiting = true;
+                    if let Some(deadline) = Instant::now().checked_add(this.idle) {
+                        timer.as_mut().reset(deadline);
+                    }
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.ended();
+                        Poll::Ready(Some(Err(Box::new(StreamIdle(this.idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
