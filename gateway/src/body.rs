@@ -37,10 +37,10 @@ pub(crate) async fn for_upstream(
     budget: &Arc<Semaphore>,
 ) -> Result<Body, Refusal> {
     let Some(length) = small_and_sized(headers) else {
-        return Ok(body.boxed());
+        return Ok(body.map_err(Into::into).boxed());
     };
     let Ok(permit) = budget.clone().try_acquire_many_owned(length) else {
-        return Ok(body.boxed());
+        return Ok(body.map_err(Into::into).boxed());
     };
     match tokio::time::timeout(timeout, body.collect()).await {
         Ok(Ok(collected)) => {

@@ -160,6 +160,11 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Connecting to the upstream or to a peer gateway.
     pub connect_timeout: Duration,
+    /// How long the next hop (the local service, or the peer gateway of an outbound route) may
+    /// take to send the head of its answer once the request, body included, has been sent; over
+    /// it the caller gets a 504. Streams have no total limit: their bodies fail only after
+    /// `idle_timeout` without a frame.
+    pub response_timeout: Duration,
     /// Per-peer request rates on the inbound listener (`[[rate_limit]]`), in config order;
     /// none by default.
     pub rate_limits: Vec<RateLimit>,
@@ -175,10 +180,16 @@ impl Default for Limits {
             max_connections: 1024,
             max_concurrent_streams: 100,
             connect_timeout: Duration::from_secs(10),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             rate_limits: Vec::new(),
         }
     }
 }
+
+/// Envoy's default route timeout. Unlike Envoy's, ours ends when the answer's head arrives, so
+/// streams and long downloads are not cut by it; a service that takes longer to start
+/// answering (long polling) needs `limits.response_timeout` raised.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where the admin listener goes when the file does not say.
 pub const DEFAULT_ADMIN: SocketAddr =

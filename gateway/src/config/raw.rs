@@ -88,6 +88,7 @@ struct RawLimits {
     max_connections: Option<usize>,
     max_concurrent_streams: Option<u32>,
     connect_timeout: Option<String>,
+    response_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -399,6 +400,11 @@ impl RawLimits {
                 self.connect_timeout,
                 d.connect_timeout,
             )?,
+            response_timeout: duration(
+                "limits.response_timeout",
+                self.response_timeout,
+                d.response_timeout,
+            )?,
             rate_limits: Vec::new(),
         })
     }
@@ -430,11 +436,19 @@ fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Durat
         return Err(bad(
             key,
             &text,
-            "a timeout of zero would close every connection at once",
+            "a timeout of zero would end every wait at once; expected a duration such as 10s or 5m",
         ));
+    }
+    if d > MAX_TIMEOUT {
+        // Far larger values would overflow the clock arithmetic of the timers (a panic at the
+        // first connection).
+        return Err(bad(key, &text, "expected at most 30d"));
     }
     Ok(d)
 }
+
+/// The longest any `[limits]` timeout may be.
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 
 fn mode(key: &str, value: Option<&str>) -> Result<Mode, Error> {
     match value {
