@@ -461,10 +461,12 @@ async fn forward(
         _ => Version::HTTP_11,
     };
     let wait = inbound.shared.limits.header_read_timeout;
-    let body = match body::for_upstream(&parts.headers, body, wait, &inbound.body_budget).await {
-        Ok(body) => body,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let failed = body::PeerBodyFailed::default();
+    let body =
+        match body::for_upstream(&parts.headers, body, wait, &inbound.body_budget, &failed).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal.into_response(),
+        };
     match inbound
         .client
         .request(Request::from_parts(parts, body))
@@ -474,6 +476,9 @@ async fn forward(
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
+        }
+        Err(_) if failed.get() => {
+            Refusal::BadRequest("the request body could not be read").into_response()
         }
         Err(e) => {
             tracing::warn!(upstream = %inbound.upstream.authority, "the local service failed: {e:?}");

@@ -283,7 +283,11 @@ pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     let revoked = match (&args.serial, &args.spiffe_id) {
         (Some(hex), _) => {
             let serial = Serial::parse_hex(hex)
-                .ok_or_else(|| bad_input(format!("--serial {hex:?} is not a hex serial number")))?;
+                .ok_or_else(|| {
+                    bad_input(format!(
+                        "--serial {hex:?} is not a serial number; give it in hex as `ca list` shows it (1 to 40 hex digits)"
+                    ))
+                })?;
             ca.revoke_serial(&serial, reason, now).map_err(ca_err)?
         }
         (None, Some(id)) => ca.revoke_spiffe_id(id, reason, now).map_err(ca_err)?,
