@@ -264,10 +264,15 @@ fn serials_addresses_and_urls_that_do_not_parse_are_named() {
     assert_refused(&o, 2, &["--serial", "zz-not-hex", "hex"]);
     let o = meshgate(&["ca", "revoke", "--dir", dir, "--serial", &"f".repeat(4096)]);
     assert_refused(&o, 2, &["--serial"]);
-    let o = meshgate(&["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:70000"]);
-    assert_refused(&o, 2, &["--listen", "127.0.0.1:70000"]);
-    let o = meshgate(&["ca", "serve", "--dir", dir, "--listen", "localhost"]);
-    assert_refused(&o, 2, &["--listen", "localhost"]);
+    for listen in [
+        "127.0.0.1:70000",
+        "localhost",
+        "localhost:8443",
+        "127.0.0.1",
+    ] {
+        let o = meshgate(&["ca", "serve", "--dir", dir, "--listen", listen]);
+        assert_refused(&o, 2, &["--listen", listen, "e.g. 127.0.0.1:8443"]);
+    }
     let o = meshgate(&[
         "ca",
         "serve",
