@@ -462,11 +462,13 @@ async fn forward(
         _ => Version::HTTP_11,
     };
     let limits = &inbound.shared.limits;
+    let failed = body::PeerBodyFailed::default();
     let body = match body::for_upstream(
         &parts.headers,
         body,
         limits.header_read_timeout,
         &inbound.body_budget,
+        &failed,
     )
     .await
     {
@@ -489,6 +491,9 @@ async fn forward(
         Some(Err(e)) if stream::went_idle(&e) => {
             tracing::info!(peer = %peer.id, "the peer stopped sending its request body");
             stream::STALLED_BODY.into_response()
+        }
+        Some(Err(_)) if failed.get() => {
+            Refusal::BadRequest("the request body could not be read").into_response()
         }
         Some(Err(e)) => {
             tracing::warn!(upstream = %inbound.upstream.authority, "the local service failed: {e:?}");

@@ -207,9 +207,27 @@ impl Config {
     }
 
     /// Reads `path` and resolves the relative paths in it against the file's directory.
+    /// A file that cannot be read or is not UTF-8 is the caller's fault (bad input), as is
+    /// anything wrong inside it.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let config = Self::parse(&text).map_err(|e| match e {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read {}: {e}; give --config the gateway's TOML file",
+                path.display()
+            ))
+        })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = valid.rsplit(|&b| b == b'\n').next().map_or(0, |l| {
+                std::str::from_utf8(l).map_or(l.len(), |s| s.chars().count())
+            }) + 1;
+            Error::Config(format!(
+                "{}: line {line}, column {column}: the file is not UTF-8 text; a config file is UTF-8 TOML",
+                path.display()
+            ))
+        })?;
+        let config = Self::parse(text).map_err(|e| match e {
             Error::Config(message) => Error::Config(format!("{}: {message}", path.display())),
             other => other,
         })?;

@@ -216,6 +216,17 @@ impl RawConfig {
             }
             None => DEFAULT_ADMIN,
         };
+        // Two listeners on one port would fail at bind time, after enrollment: say so here.
+        let admin_taken = admin.port() != 0
+            && (inbound.as_ref().is_some_and(|ib| ib.listen == admin)
+                || outbound.iter().any(|r| r.listen == admin));
+        if admin_taken {
+            return Err(bad(
+                "admin.listen",
+                admin.to_string(),
+                "another listener has this address",
+            ));
+        }
         let mut limits = self.limits.check()?;
         for (i, raw) in self.rate_limit.into_iter().enumerate() {
             limits.rate_limits.push(raw.check(i)?);

@@ -175,6 +175,10 @@ fn each_value_rule_names_key_and_value() {
             "admin.dangerous_allow_remote",
         ),
         (
+            with(&format!("{ROUTE}[admin]\nlisten = \"127.0.0.1:1\"\n")),
+            "admin.listen",
+        ),
+        (
             with(&format!("{ROUTE}[limits]\nidle_timeout = \"5 minutes\"\n")),
             "limits.idle_timeout",
         ),
