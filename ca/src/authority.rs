@@ -5,6 +5,7 @@
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use meshgate_identity::api::CA_ID_PATH;
@@ -45,7 +46,8 @@ pub struct Authority {
     pub(crate) dir: PathBuf,
     pub(crate) store: SqliteStore,
     pub(crate) meta: CaMeta,
-    pub(crate) signer: Signer,
+    /// Shared with the [`Minter`]s in flight, which sign outside the server's lock.
+    pub(crate) signer: Arc<Signer>,
     /// The datastore's `state_version` when `signer` was loaded.
     state_version: u64,
     /// Lifetime of the SVIDs minted by enrollment and renewal.
@@ -199,17 +201,17 @@ impl Authority {
 
     /// Workload IDs only: inside the trust domain, with a path, and never the CA's own ID.
     pub(crate) fn check_issuable(&self, id: &SpiffeId) -> Result<(), CaError> {
-        if !id.is_member_of(&self.meta.trust_domain) {
-            return Err(CaError::ForeignTrustDomain(
-                id.to_string(),
-                self.meta.trust_domain.to_string(),
-            ));
+        check_issuable(&self.meta.trust_domain, id)
+    }
+
+    /// What signs enrollments and renewals now, detached from the datastore: the server signs
+    /// with it outside its lock, on every core, and commits what it signed in a group.
+    pub(crate) fn minter(&self) -> Minter {
+        Minter {
+            signer: self.signer.clone(),
+            trust_domain: self.meta.trust_domain.clone(),
+            leaf_ttl: self.leaf_ttl,
         }
-        id.require_path()?;
-        if id.path() == CA_ID_PATH {
-            return Err(CaError::ReservedId(id.to_string()));
-        }
-        Ok(())
     }
 
     /// The CA's own ID, `spiffe://<td>/meshgate/ca`.
@@ -256,6 +258,53 @@ impl Authority {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The active signer with the settings of enrollment and renewal: signs CSRs with no I/O and
+/// no lock. What it signs must be committed (a [`crate::store::IssuanceWrite`]) before it is
+/// handed out.
+#[derive(Debug, Clone)]
+pub(crate) struct Minter {
+    signer: Arc<Signer>,
+    trust_domain: TrustDomain,
+    leaf_ttl: Duration,
+}
+
+impl Minter {
+    /// Checks `csr_der` against `id` and signs it with the leaf profile.
+    pub(crate) fn mint(
+        &self,
+        csr_der: &[u8],
+        id: &SpiffeId,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CaError> {
+        let csr = check_csr(csr_der, id)?;
+        self.mint_checked(&csr, now)
+    }
+
+    /// Signs a CSR already checked for its SPIFFE ID.
+    pub(crate) fn mint_checked(
+        &self,
+        csr: &CheckedCsr,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CaError> {
+        self.signer.mint(csr, &[], self.leaf_ttl, now)
+    }
+
+    pub(crate) fn check_issuable(&self, id: &SpiffeId) -> Result<(), CaError> {
+        check_issuable(&self.trust_domain, id)
+    }
+}
+
+fn check_issuable(td: &TrustDomain, id: &SpiffeId) -> Result<(), CaError> {
+    if !id.is_member_of(td) {
+        return Err(CaError::ForeignTrustDomain(id.to_string(), td.to_string()));
+    }
+    id.require_path()?;
+    if id.path() == CA_ID_PATH {
+        return Err(CaError::ReservedId(id.to_string()));
+    }
+    Ok(())
 }
 
 fn build_ca(
@@ -393,7 +442,7 @@ impl Signer {
     }
 }
 
-fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Signer, CaError> {
+fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Arc<Signer>, CaError> {
     let intermediate = newest_active(store, AuthorityKind::Intermediate)?;
     let key = read_key_file(&dir.join(&intermediate.key_file))?;
     let root = store
@@ -403,11 +452,11 @@ fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Signer, CaError> {
         .ok_or(CaError::NoActiveAuthority(
             "root of the active intermediate",
         ))?;
-    Ok(Signer {
+    Ok(Arc::new(Signer {
         intermediate,
         key,
         root,
-    })
+    }))
 }
 
 fn state_version(store: &SqliteStore) -> Result<u64, CaError> {
