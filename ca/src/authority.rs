@@ -2,6 +2,7 @@
 //! and `keys/` (private keys, mode 0600). Creates itself atomically, signs CSRs, renews its
 //! intermediate at half-life, and answers with its trust bundle.
 
+use std::cell::RefCell;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,11 @@ pub struct Authority {
     state_version: u64,
     /// Lifetime of the SVIDs minted by enrollment and renewal.
     pub(crate) leaf_ttl: Duration,
+    /// The last bundle read, with the `state_version` read before it: every change of the roots
+    /// or the bundle sequence bumps that version, so one small read tells whether it is current.
+    /// Every enrollment and renewal answer carries the bundle; reading and parsing every root
+    /// for each cost more than signing the certificate.
+    bundle_cache: RefCell<Option<(u64, TrustBundle)>>,
 }
 
 /// The active intermediate, its key, and the root above it.
@@ -111,6 +117,7 @@ impl Authority {
             signer,
             state_version,
             leaf_ttl: profile::LEAF_TTL,
+            bundle_cache: RefCell::new(None),
         })
     }
 
@@ -131,6 +138,8 @@ impl Authority {
     pub fn set_leaf_ttl(&mut self, ttl: Duration) -> Result<(), CaError> {
         profile::check_leaf_ttl(ttl)?;
         self.leaf_ttl = ttl;
+        // The refresh hint depends on it.
+        self.bundle_cache.replace(None);
         Ok(())
     }
 
@@ -145,6 +154,19 @@ impl Authority {
     /// The trust bundle: every root in it and its sequence number, as the datastore has them now
     /// (not as of the last reload, so that the sequence always matches the roots).
     pub fn bundle(&self) -> Result<TrustBundle, CaError> {
+        // Read before the bundle: a change committed in between makes the next call read again.
+        let version = state_version(&self.store)?;
+        if let Some((v, bundle)) = &*self.bundle_cache.borrow()
+            && *v == version
+        {
+            return Ok(bundle.clone());
+        }
+        let bundle = self.read_bundle()?;
+        self.bundle_cache.replace(Some((version, bundle.clone())));
+        Ok(bundle)
+    }
+
+    fn read_bundle(&self) -> Result<TrustBundle, CaError> {
         let (sequence, authorities) = self.store.bundle_state()?;
         let roots = authorities
             .into_iter()
