@@ -595,3 +595,28 @@ fn a_closed_stdout_ends_quietly_not_with_a_panic() {
     // The work was done before the output was lost.
     assert!(tmp.path().join("ca").join("ca.db").exists());
 }
+
+#[test]
+fn gateway_run_refuses_zero_worker_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("gateway.toml");
+    for n in ["0", "many"] {
+        let o = meshgate(&[
+            "gateway",
+            "run",
+            "--config",
+            s(&config),
+            "--worker-threads",
+            n,
+        ]);
+        assert_exit(&o, 2, "--worker-threads");
+        assert!(stderr(&o).contains("at least 1"), "{}", stderr(&o));
+    }
+    // The environment variable is checked the same way.
+    let o = Command::new(BIN)
+        .args(["gateway", "run", "--config", s(&config)])
+        .env("MESHGATE_WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    assert_exit(&o, 2, "MESHGATE_WORKER_THREADS");
+}

@@ -38,7 +38,9 @@ pub enum CaError {
     BadCsr { rule: &'static str, detail: String },
 
     // --- the CA directory and its files (operator's setup) ---
-    #[error("{0} already holds files; `ca init` refuses to touch an existing directory's contents")]
+    #[error(
+        "{0} already exists and is not an empty directory; `ca init` refuses to touch it (give a new or empty directory)"
+    )]
     AlreadyExists(PathBuf),
     #[error("{0} is not a meshgate CA directory (no ca.db); run `meshgate ca init` first")]
     NotACa(PathBuf),

@@ -9,6 +9,7 @@
 //! hold at most the budget, not connections × streams × 64 KiB.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
@@ -16,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderMap};
 use tokio::sync::Semaphore;
 
-use crate::reply::{Body, Refusal};
+use crate::reply::{Body, BoxError, Refusal};
 
 /// Bodies up to this size (declared by `content-length`) are read whole before forwarding.
 pub(crate) const BUFFER_LIMIT: u32 = 64 * 1024;
@@ -28,19 +29,42 @@ pub(crate) fn budget() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(BUFFER_BUDGET))
 }
 
+/// Set when the peer's body failed while it streamed to the service (a chunk size that is not
+/// hex, a connection cut mid-body): the service is not at fault, so the answer is a 400, not a
+/// 502.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeerBodyFailed(Arc<AtomicBool>);
+
+impl PeerBodyFailed {
+    pub(crate) fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn watch(&self, body: Incoming) -> Body {
+        let flag = self.0.clone();
+        body.map_err(move |e| -> BoxError {
+            flag.store(true, Ordering::Relaxed);
+            e.into()
+        })
+        .boxed()
+    }
+}
+
 /// The request body as it goes to the service: whole if small, sized and within `budget`, else
-/// streamed. `timeout` bounds how long a client may take to send a small body.
+/// streamed (its failures reported in `failed`). `timeout` bounds how long a client may take to
+/// send a small body.
 pub(crate) async fn for_upstream(
     headers: &HeaderMap,
     body: Incoming,
     timeout: Duration,
     budget: &Arc<Semaphore>,
+    failed: &PeerBodyFailed,
 ) -> Result<Body, Refusal> {
     let Some(length) = small_and_sized(headers) else {
-        return Ok(body.boxed());
+        return Ok(failed.watch(body));
     };
     let Ok(permit) = budget.clone().try_acquire_many_owned(length) else {
-        return Ok(body.boxed());
+        return Ok(failed.watch(body));
     };
     match tokio::time::timeout(timeout, body.collect()).await {
         Ok(Ok(collected)) => {

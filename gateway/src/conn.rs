@@ -1,7 +1,8 @@
 //! Per-connection bookkeeping for the idle timeout: a connection is idle when no request has been
 //! in flight for the whole timeout. Request handlers hold an `InFlight` guard while they work.
 //! On HTTP connections bytes alone do not count: HTTP/2 keep-alive pings would keep a connection
-//! busy forever. A TCP-mode connection has no requests, so there its bytes are what counts.
+//! busy forever; body frames of a request or answer do (a long stream is not idle). A TCP-mode
+//! connection has no requests, so there its bytes are what counts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +33,8 @@ impl Activity {
         self.last.store(ms, Ordering::Relaxed);
     }
 
-    /// Bytes moved on a TCP-mode connection: it is not idle now.
+    /// Bytes moved on a TCP-mode connection, or a body frame on an HTTP stream: it is not idle
+    /// now.
     pub(crate) fn bytes_moved(&self) {
         self.touch();
     }

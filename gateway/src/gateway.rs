@@ -235,6 +235,11 @@ pub async fn run(
             });
         }
     }
+    // The policy files are checked before enrolling: a mistake in one must not spend a
+    // single-use token, nor hide behind "no state, give a token".
+    if let Some(ib) = &config.inbound {
+        PolicyStore::load(ib.policy.clone())?;
+    }
     let agent =
         Agent::load_or_enroll(&config.state_dir, token.as_ref(), KeyType::default()).await?;
     let gateway = start(&config, &agent).await?;

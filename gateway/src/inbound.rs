@@ -37,7 +37,8 @@ use crate::peer::{self, Accepted, Peer};
 use crate::policy::PolicyStore;
 use crate::ratelimit::RateLimits;
 use crate::reply::{Body, Refusal};
-use crate::upgrade::{self, Opening, Tunnels, websocket_opening};
+use crate::stream::{self, Watched};
+use crate::upgrade::{self, Opening, Tunnels, response_timed_out, websocket_opening};
 
 const DIRECTION: &str = "inbound";
 
@@ -48,7 +49,7 @@ pub(crate) struct Inbound {
     policies: Arc<PolicyStore>,
     rate_limits: Arc<RateLimits>,
     upstream: Target,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector, Watched>,
     tls: Arc<rustls::ServerConfig>,
     /// Bytes of small request bodies held before forwarding (see `body`).
     body_budget: Arc<tokio::sync::Semaphore>,
@@ -460,25 +461,48 @@ async fn forward(
         UpstreamProtocol::H2c => Version::HTTP_2,
         _ => Version::HTTP_11,
     };
-    let wait = inbound.shared.limits.header_read_timeout;
-    let body = match body::for_upstream(&parts.headers, body, wait, &inbound.body_budget).await {
+    let limits = &inbound.shared.limits;
+    let failed = body::PeerBodyFailed::default();
+    let body = match body::for_upstream(
+        &parts.headers,
+        body,
+        limits.header_read_timeout,
+        &inbound.body_budget,
+        &failed,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(refusal) => return refusal.into_response(),
     };
-    match inbound
-        .client
-        .request(Request::from_parts(parts, body))
-        .await
-    {
-        Ok(response) => {
+    let (body, sent) = Watched::request(body, limits.idle_timeout, context.activity.clone());
+    let request = inbound.client.request(Request::from_parts(parts, body));
+    match stream::answer(request, sent, limits.response_timeout).await {
+        Some(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            let body = Watched::response(
+                body.map_err(Into::into).boxed(),
+                limits.idle_timeout,
+                context.activity.clone(),
+            );
             Response::from_parts(parts, body.boxed())
         }
-        Err(e) => {
+        Some(Err(e)) if stream::went_idle(&e) => {
+            tracing::info!(peer = %peer.id, "the peer stopped sending its request body");
+            stream::STALLED_BODY.into_response()
+        }
+        Some(Err(_)) if failed.get() => {
+            Refusal::BadRequest("the request body could not be read").into_response()
+        }
+        Some(Err(e)) => {
             tracing::warn!(upstream = %inbound.upstream.authority, "the local service failed: {e:?}");
             Refusal::BadGateway("the service behind this gateway did not answer".into())
                 .into_response()
+        }
+        None => {
+            tracing::warn!(upstream = %inbound.upstream.authority, peer = %peer.id, "the local service did not answer within limits.response_timeout");
+            response_timed_out(limits).into_response()
         }
     }
 }

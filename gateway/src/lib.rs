@@ -29,6 +29,7 @@ mod policy;
 pub mod proxy_header;
 mod ratelimit;
 pub mod reply;
+mod stream;
 mod tcp;
 mod upgrade;
 

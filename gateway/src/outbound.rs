@@ -35,6 +35,7 @@ use crate::listen::{
 };
 use crate::metrics::OpenConnection;
 use crate::reply::{Body, Refusal, full};
+use crate::stream::{self, Watched};
 use crate::upgrade::{self, Opening, Tunnels, websocket_opening};
 
 const DIRECTION: &str = "outbound";
@@ -56,7 +57,7 @@ pub(crate) struct Outbound {
 /// on this one, which closes once its last stream ends.
 #[derive(Debug)]
 struct Pooled {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Watched>,
     peer_not_after: u64,
     peer_serial: Serial,
     /// When the connection stops taking new requests (see `wind_down_at`).
@@ -93,7 +94,7 @@ impl Outbound {
     /// The pooled connection, or a new one when there is none, it closed, or its peer's SVID
     /// expired, with that SVID's notAfter. Holding the lock while connecting keeps it to one
     /// connection per route.
-    async fn sender(&self) -> Result<(SendRequest<Incoming>, u64), Refusal> {
+    async fn sender(&self) -> Result<(SendRequest<Watched>, u64), Refusal> {
         let mut pool = self.pool.lock().await;
         let own = self.shared.credentials.current();
         if let Some(p) = pool.as_ref()
@@ -292,11 +293,32 @@ async fn relay(
             .extensions
             .insert(hyper::ext::Protocol::from_static(upgrade::WEBSOCKET));
     }
+    let limits = &outbound.shared.limits;
+    let (body, sent) = Watched::request(
+        body.map_err(Into::into).boxed(),
+        limits.idle_timeout,
+        activity.clone(),
+    );
     let mut request = Request::from_parts(parts, body);
     // One retry on a fresh connection when the pooled one was gone before the request left.
     for attempt in 0..2 {
         let (mut sender, peer_not_after) = outbound.sender().await?;
-        match sender.try_send_request(request).await {
+        let answer = stream::answer(
+            sender.try_send_request(request),
+            sent.clone(),
+            limits.response_timeout,
+        )
+        .await;
+        let Some(answer) = answer else {
+            // Dropping the request resets its stream; the connection stays pooled.
+            tracing::warn!(route = %outbound.route.name, "the peer gateway did not answer within limits.response_timeout");
+            return Err(Refusal::GatewayTimeout(format!(
+                "the peer gateway {} did not answer within {}s (limits.response_timeout)",
+                outbound.route.target.authority,
+                limits.response_timeout.as_secs()
+            )));
+        };
+        match answer {
             Ok(mut response) => {
                 let tunnel = match &app_upgrade {
                     Some(_) if response.status() == StatusCode::OK => {
@@ -312,16 +334,19 @@ async fn relay(
                     upgrade::switching(&mut parts.headers);
                     // It ends when the peer gateway's SVID does, like the pooled connection.
                     let busy = activity.begin();
-                    tunnels.splice(
-                        app,
-                        peer,
-                        busy,
-                        outbound.shared.limits.idle_timeout,
-                        Some(peer_not_after),
-                    );
+                    tunnels.splice(app, peer, busy, limits.idle_timeout, Some(peer_not_after));
                     return Ok(Response::from_parts(parts, full(bytes::Bytes::new())));
                 }
+                let body = Watched::response(
+                    body.map_err(Into::into).boxed(),
+                    limits.idle_timeout,
+                    activity.clone(),
+                );
                 return Ok(Response::from_parts(parts, body.boxed()));
+            }
+            Err(e) if stream::went_idle(e.error()) => {
+                tracing::info!(route = %outbound.route.name, "the app stopped sending its request body");
+                return Err(stream::STALLED_BODY);
             }
             Err(mut e) => {
                 let error = e.error().to_string();

@@ -177,8 +177,8 @@ fn compile(files: &[PathBuf]) -> Result<PolicySet, Error> {
     let mut errors: Vec<String> = Vec::new();
     for path in files {
         let name = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => match PolicyFile::parse(&name, &text) {
+        match std::fs::read(path) {
+            Ok(bytes) => match PolicyFile::parse_bytes(&name, &bytes) {
                 Ok(file) => parsed.push(file),
                 Err(e) => errors.extend(lines(&e)),
             },

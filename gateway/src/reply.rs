@@ -11,7 +11,10 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 /// The body type of every answer the gateway gives: a relayed body or one of its own.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Why a body failed: hyper's error for a relayed one, or the gateway's own (an idle stream).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why the gateway answers instead of the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +29,10 @@ pub enum Refusal {
     BadRequest(&'static str),
     /// The local service, or the peer gateway, could not be reached or failed mid-answer.
     BadGateway(String),
-    /// Connecting to the next hop took too long.
+    /// Connecting to the next hop, or its answer, took too long.
     GatewayTimeout(String),
+    /// The caller stopped sending its request body.
+    RequestTimeout(&'static str),
 }
 
 impl Refusal {
@@ -38,6 +43,7 @@ impl Refusal {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -49,6 +55,7 @@ impl Refusal {
             Self::BadRequest(_) => "bad_request",
             Self::BadGateway(_) => "bad_gateway",
             Self::GatewayTimeout(_) => "gateway_timeout",
+            Self::RequestTimeout(_) => "request_timeout",
         }
     }
 
@@ -60,7 +67,7 @@ impl Refusal {
             Self::RateLimited { .. } => {
                 "your identity has sent more requests than this service's rate limit allows; retry later"
             }
-            Self::BadRequest(m) => m,
+            Self::BadRequest(m) | Self::RequestTimeout(m) => m,
             Self::BadGateway(m) | Self::GatewayTimeout(m) => m,
         }
     }

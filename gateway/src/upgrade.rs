@@ -156,8 +156,8 @@ pub(crate) async fn to_upstream(
     }
     let request = Request::from_parts(parts, full(Bytes::new()));
     let opened = match upstream.protocol {
-        UpstreamProtocol::H2c => open_upstream_h2c(upstream, limits.connect_timeout, request).await,
-        _ => open_upstream(upstream, limits.connect_timeout, request).await,
+        UpstreamProtocol::H2c => open_upstream_h2c(upstream, limits, request).await,
+        _ => open_upstream(upstream, limits, request).await,
     };
     let mut response = match opened {
         Ok(r) => r,
@@ -173,7 +173,7 @@ pub(crate) async fn to_upstream(
     strip_hop_by_hop(&mut parts.headers);
     let Some(service) = spliced else {
         // The service said no (or something else): its answer goes back as it is.
-        return Response::from_parts(parts, body.boxed());
+        return Response::from_parts(parts, body.map_err(Into::into).boxed());
     };
     if h2c && let Some(accept) = key.as_ref().and_then(|k| websocket_accept(k.as_bytes())) {
         parts.headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
@@ -202,37 +202,64 @@ fn websocket_accept(key: &[u8]) -> Option<HeaderValue> {
 /// knowledge) and returns its answer; the connection lives as long as the tunnel.
 async fn open_upstream_h2c(
     upstream: &Target,
-    connect_timeout: Duration,
+    limits: &Limits,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, Refusal> {
-    let tcp = connect_upstream(upstream, connect_timeout).await?;
+    let tcp = connect_upstream(upstream, limits.connect_timeout).await?;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .map_err(|_| not_answered())?;
     spawn_connection(upstream, conn);
-    sender.send_request(req).await.map_err(|e| {
-        tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening (does it enable extended CONNECT?): {e}");
-        not_answered()
-    })
+    answered_in_time(upstream, limits, sender.send_request(req))
+        .await?
+        .map_err(|e| {
+            tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening (does it enable extended CONNECT?): {e}");
+            not_answered()
+        })
 }
 
 /// Sends an HTTP/1.1 WebSocket opening to the local service on a connection of its own (an
 /// upgraded connection is never pooled) and returns its answer.
 async fn open_upstream(
     upstream: &Target,
-    connect_timeout: Duration,
+    limits: &Limits,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, Refusal> {
-    let tcp = connect_upstream(upstream, connect_timeout).await?;
+    let tcp = connect_upstream(upstream, limits.connect_timeout).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|_| not_answered())?;
     spawn_connection(upstream, conn.with_upgrades());
-    sender.send_request(req).await.map_err(|e| {
-        tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening: {e}");
-        not_answered()
-    })
+    answered_in_time(upstream, limits, sender.send_request(req))
+        .await?
+        .map_err(|e| {
+            tracing::warn!(upstream = %upstream.authority, "the local service failed a WebSocket opening: {e}");
+            not_answered()
+        })
+}
+
+/// The service's answer to an opening (whose body is empty, so the clock starts at once) within
+/// the response timeout; dropping the request on time-out closes its connection.
+async fn answered_in_time<T>(
+    upstream: &Target,
+    limits: &Limits,
+    answer: impl std::future::Future<Output = T>,
+) -> Result<T, Refusal> {
+    tokio::time::timeout(limits.response_timeout, answer)
+        .await
+        .map_err(|_| {
+            tracing::warn!(upstream = %upstream.authority, "the local service did not answer a WebSocket opening within limits.response_timeout");
+            response_timed_out(limits)
+        })
+}
+
+/// The 504 for a next hop that did not start its answer within the response timeout.
+pub(crate) fn response_timed_out(limits: &Limits) -> Refusal {
+    Refusal::GatewayTimeout(format!(
+        "the service behind this gateway did not answer within {}s (limits.response_timeout)",
+        limits.response_timeout.as_secs()
+    ))
 }
 
 /// Drives a connection to the local service for as long as its tunnel lives.

@@ -9,7 +9,9 @@ pub enum DurationError {
         "{0:?} is not a duration; expected a whole number followed by s, m, h or d, such as 90s, 15m, 1h or 7d"
     )]
     Malformed(String),
-    #[error("{0:?} is too large a duration")]
+    #[error(
+        "{0:?} is too large a duration; expected a whole number followed by s, m, h or d, such as 90s, 15m, 1h or 7d"
+    )]
     Overflow(String),
 }
 
@@ -23,7 +25,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     }
     let n: u64 = digits
         .parse()
-        .map_err(|_| DurationError::Overflow(input.to_owned()))?;
+        .map_err(|_| DurationError::Overflow(input.chars().take(32).collect()))?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
@@ -33,7 +35,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     };
     let secs = n
         .checked_mul(scale)
-        .ok_or_else(|| DurationError::Overflow(input.to_owned()))?;
+        .ok_or_else(|| DurationError::Overflow(input.chars().take(32).collect()))?;
     Ok(Duration::from_secs(secs))
 }
 

@@ -20,6 +20,9 @@ pub enum PolicyError {
     /// or repeated key. The message is the TOML parser's.
     #[error("{at}: {message}")]
     Toml { at: Location, message: String },
+    /// Bytes that are not UTF-8, located at the first bad one.
+    #[error("{at}: the file is not UTF-8 text; a policy file is UTF-8 TOML")]
+    NotUtf8 { at: Location },
     #[error("{at}: {value:?} is not a valid SPIFFE ID pattern: {reason}")]
     IdPattern {
         at: Location,
@@ -95,6 +98,7 @@ impl PolicyError {
     pub fn location(&self) -> Option<&Location> {
         match self {
             Self::Toml { at, .. }
+            | Self::NotUtf8 { at }
             | Self::IdPattern { at, .. }
             | Self::ServiceId { at, .. }
             | Self::PathPattern { at, .. }
@@ -176,15 +180,45 @@ impl Location {
     /// The location of byte `offset` of `text` in file `file`. An offset past the end or inside
     /// a character is moved back to the nearest character start.
     pub(crate) fn at(file: &str, text: &str, offset: usize) -> Self {
+        LineIndex::new(text).locate(file, text, offset)
+    }
+}
+
+/// Where each line of a text starts, so that locating an offset costs a binary search and a
+/// walk along one line instead of a scan from the start of the file: a file of thousands of
+/// rules asks for a location per list element.
+pub(crate) struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub(crate) fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { starts }
+    }
+
+    /// As [`Location::at`], for the `text` this index was made from.
+    pub(crate) fn locate(&self, file: &str, text: &str, offset: usize) -> Location {
         let mut end = offset.min(text.len());
         while !text.is_char_boundary(end) {
             end = end.saturating_sub(1);
         }
-        let before = text.get(..end).unwrap_or_default();
-        let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before.get(line_start..).unwrap_or_default().chars().count() + 1;
-        Self {
+        // The number of line starts at or before `end` is the 1-based line number.
+        let line = self.starts.partition_point(|&s| s <= end).max(1);
+        let line_start = line
+            .checked_sub(1)
+            .and_then(|i| self.starts.get(i))
+            .copied()
+            .unwrap_or(0);
+        let column = text
+            .get(line_start..end)
+            .unwrap_or_default()
+            .chars()
+            .count()
+            + 1;
+        Location {
             file: file.to_owned(),
             line: to_u32(line),
             column: to_u32(column),

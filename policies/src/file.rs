@@ -7,7 +7,7 @@ use meshgate_identity::SpiffeId;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::{Location, PolicyError, PolicyErrors};
+use crate::error::{LineIndex, Location, PolicyError, PolicyErrors};
 use crate::pattern::{self, HostPattern, IdPattern, PathPattern};
 use crate::rule::{Effect, Rule, Scope};
 
@@ -46,6 +46,7 @@ impl PolicyFile {
         let mut cx = Context {
             file: name,
             text,
+            lines: LineIndex::new(text),
             errors: Vec::new(),
         };
         let file = cx.file_from(raw);
@@ -53,6 +54,20 @@ impl PolicyFile {
             Ok(file)
         } else {
             Err(PolicyErrors::new(cx.errors))
+        }
+    }
+
+    /// Parses a file's bytes as read from disk: as [`PolicyFile::parse`], after checking that
+    /// they are UTF-8 (and saying where they stop being so).
+    pub fn parse_bytes(name: &str, bytes: &[u8]) -> Result<Self, PolicyErrors> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::parse(name, text),
+            Err(e) => {
+                let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
+                let text = std::str::from_utf8(valid).unwrap_or_default();
+                let at = Location::at(name, text, text.len());
+                Err(PolicyError::NotUtf8 { at }.into())
+            }
         }
     }
 
@@ -113,12 +128,14 @@ const MAX_NAME_CHARS: usize = 200;
 struct Context<'a> {
     file: &'a str,
     text: &'a str,
+    lines: LineIndex,
     errors: Vec<PolicyError>,
 }
 
 impl Context<'_> {
     fn at<T>(&self, spanned: &Spanned<T>) -> Location {
-        Location::at(self.file, self.text, spanned.span().start)
+        self.lines
+            .locate(self.file, self.text, spanned.span().start)
     }
 
     fn file_from(&mut self, raw: RawFile) -> PolicyFile {

@@ -381,6 +381,38 @@ fn errors_carry_structured_locations() {
 }
 
 #[test]
+fn bytes_that_are_not_utf8_are_located_at_the_first_bad_one() {
+    let mut bytes = service_file("").into_bytes();
+    bytes.extend_from_slice(b"# caf\xe9\n");
+    let errs = PolicyFile::parse_bytes("p.toml", &bytes).unwrap_err();
+    let e = errs.iter().next().unwrap();
+    assert!(matches!(e, PolicyError::NotUtf8 { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "p.toml:6:6: the file is not UTF-8 text; a policy file is UTF-8 TOML"
+    );
+    assert!(PolicyFile::parse_bytes("p.toml", service_file("").as_bytes()).is_ok());
+}
+
+#[test]
+fn rules_far_down_a_long_file_are_located_by_their_own_line() {
+    let mut text = format!("service = \"{PAYMENTS}\"\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "[[allow]]\nname = \"r{i}\"\nfrom = [\"{CHECKOUT}\"]\n"
+        ));
+    }
+    let file = PolicyFile::parse("p.toml", &text).unwrap();
+    assert_eq!(file.rules().len(), 3000);
+    assert_eq!(file.rules()[2999].line(), 2 + 3 * 2999 + 1);
+    text.push_str("[[allow]]\nname = \"r0\"\n");
+    assert_eq!(
+        error(&text),
+        "p.toml:9003:8: rule name \"r0\" is already used at p.toml:3:8; rule names are unique within a file"
+    );
+}
+
+#[test]
 fn http_conditions_fail_closed_for_a_tcp_connection() {
     let text = r#"
 [[allow]]

@@ -240,6 +240,12 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
+    if dir.exists() && !dir.is_dir() {
+        return Err(bad_input(format!(
+            "--out {} is not a directory; give a directory (created if missing) for svid.pem, key.pem and bundle.pem",
+            dir.display()
+        )));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

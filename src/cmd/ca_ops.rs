@@ -24,10 +24,10 @@ pub struct ServeArgs {
     #[arg(long)]
     dir: PathBuf,
     /// Address of the enrollment API.
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    #[arg(long, default_value = "127.0.0.1:8443", value_parser = parse_socket_addr)]
     listen: SocketAddr,
     /// Address of /healthz and /metrics; must be a loopback address.
-    #[arg(long, default_value = "127.0.0.1:9443")]
+    #[arg(long, default_value = "127.0.0.1:9443", value_parser = parse_socket_addr)]
     admin: SocketAddr,
     /// Lifetime of the SVIDs minted on enrollment and renewal (10s to 24h); agents renew at
     /// half-life.
@@ -283,7 +283,11 @@ pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     let revoked = match (&args.serial, &args.spiffe_id) {
         (Some(hex), _) => {
             let serial = Serial::parse_hex(hex)
-                .ok_or_else(|| bad_input(format!("--serial {hex:?} is not a hex serial number")))?;
+                .ok_or_else(|| {
+                    bad_input(format!(
+                        "--serial {hex:?} is not a serial number; give it in hex as `ca list` shows it (1 to 40 hex digits)"
+                    ))
+                })?;
             ca.revoke_serial(&serial, reason, now).map_err(ca_err)?
         }
         (None, Some(id)) => ca.revoke_spiffe_id(id, reason, now).map_err(ca_err)?,
@@ -417,6 +421,16 @@ pub(super) fn operator() -> String {
         })
         .unwrap_or_else(|| "unknown".into());
     format!("operator:{user}")
+}
+
+/// clap parser for `--listen` and `--admin`: an IP address and a port, said with an example.
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "{:?} is not an IP address and port; expected e.g. 127.0.0.1:8443 or [::1]:8443 (port 0 to 65535)",
+            s.chars().take(64).collect::<String>()
+        )
+    })
 }
 
 fn check_ca_url(url: &str) -> anyhow::Result<()> {

@@ -43,6 +43,9 @@ struct RunArgs {
     /// over --bootstrap-token and MESHGATE_BOOTSTRAP_TOKEN.
     #[arg(long, value_name = "FILE")]
     bootstrap_token_file: Option<PathBuf>,
+    /// Threads that serve connections (Envoy's --concurrency); at least 1. Default: one per CPU.
+    #[arg(long, value_name = "N", env = "MESHGATE_WORKER_THREADS")]
+    worker_threads: Option<String>,
 }
 
 impl fmt::Debug for RunArgs {
@@ -54,6 +57,7 @@ impl fmt::Debug for RunArgs {
                 &self.bootstrap_token.as_ref().map(|_| "<redacted>"),
             )
             .field("bootstrap_token_file", &self.bootstrap_token_file)
+            .field("worker_threads", &self.worker_threads)
             .finish()
     }
 }
@@ -65,6 +69,11 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let worker_threads = args
+        .worker_threads
+        .as_deref()
+        .map(parse_worker_threads)
+        .transpose()?;
     let config = Config::load(&args.config).map_err(gateway_error)?;
     let token = match (&args.bootstrap_token_file, &args.bootstrap_token) {
         (Some(file), _) => Some(read_token_file(file)?),
@@ -75,9 +84,11 @@ fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, None) => None,
     };
     let has_token = token.is_some();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime
         .block_on(meshgate_gateway::run(config, token, shutdown_signal()))
         .map_err(|e| match e {
@@ -87,6 +98,17 @@ fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
             e => gateway_error(e),
         })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--worker-threads` (or MESHGATE_WORKER_THREADS): a whole number of at least 1. Parsed here
+/// rather than by clap so that 0 gets a sentence that says what is accepted; tokio would panic.
+fn parse_worker_threads(text: &str) -> anyhow::Result<usize> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(bad_input(format!(
+            "--worker-threads (or MESHGATE_WORKER_THREADS) {text:?}: expected a whole number of threads, at least 1"
+        ))),
+    }
 }
 
 /// The error never includes the text it was given.

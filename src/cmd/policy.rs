@@ -120,8 +120,8 @@ fn load(paths: &[PathBuf]) -> (Vec<PolicyFile>, Vec<String>) {
     let mut errors = Vec::new();
     for path in paths {
         let name = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => match PolicyFile::parse(&name, &text) {
+        match std::fs::read(path) {
+            Ok(bytes) => match PolicyFile::parse_bytes(&name, &bytes) {
                 Ok(file) => files.push(file),
                 Err(e) => errors.extend(e.into_iter().map(|e| e.to_string())),
             },

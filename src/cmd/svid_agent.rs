@@ -26,6 +26,12 @@ pub fn fetch(token_text: &str, out: &Path) -> anyhow::Result<ExitCode> {
 
 /// `meshgate svid renew --dir DIR`: one renewal over mTLS with the SVID in DIR.
 pub fn renew(dir: &Path) -> anyhow::Result<ExitCode> {
+    if !dir.is_dir() {
+        return Err(bad_input(format!(
+            "--dir {} is not a directory; give the directory `svid fetch --out` wrote",
+            dir.display()
+        )));
+    }
     let mut agent = Agent::load(dir).map_err(agent_error)?;
     runtime()?.block_on(agent.renew()).map_err(agent_error)?;
     print_svid("renewed", &agent, dir);

@@ -160,6 +160,8 @@ async fn enroll(
         return Err(ApiError::invalid_token());
     };
     let csr = csr_der(&request.csr);
+    // Said to the client instead of the DER parser's complaint about no bytes at all.
+    let not_pem = csr.as_ref().err().map(|e| e.message.clone());
     let now = OffsetDateTime::now_utc();
     let result = enroll_svid(state, token, csr, now).await?;
     let (st, p) = (state.clone(), peer.clone());
@@ -180,7 +182,12 @@ async fn enroll(
         }
         Err(EnrollError::Spent(spent)) => {
             super::metrics::Metrics::outcome(&state.metrics.enrollments, "rejected");
-            let api = ApiError::from_ca(&spent.1);
+            let api = match (not_pem, &spent.1) {
+                (Some(message), CaError::BadCsr { .. }) => {
+                    ApiError::new(ErrorCode::CsrRejected, message)
+                }
+                _ => ApiError::from_ca(&spent.1),
+            };
             blocking(move || st.audit_token_spent(&p, &spent.0, &spent.1)).await?;
             Err(api)
         }

@@ -160,6 +160,11 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Connecting to the upstream or to a peer gateway.
     pub connect_timeout: Duration,
+    /// How long the next hop (the local service, or the peer gateway of an outbound route) may
+    /// take to send the head of its answer once the request, body included, has been sent; over
+    /// it the caller gets a 504. Streams have no total limit: their bodies fail only after
+    /// `idle_timeout` without a frame.
+    pub response_timeout: Duration,
     /// Per-peer request rates on the inbound listener (`[[rate_limit]]`), in config order;
     /// none by default.
     pub rate_limits: Vec<RateLimit>,
@@ -175,10 +180,16 @@ impl Default for Limits {
             max_connections: 1024,
             max_concurrent_streams: 100,
             connect_timeout: Duration::from_secs(10),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             rate_limits: Vec::new(),
         }
     }
 }
+
+/// Envoy's default route timeout. Unlike Envoy's, ours ends when the answer's head arrives, so
+/// streams and long downloads are not cut by it; a service that takes longer to start
+/// answering (long polling) needs `limits.response_timeout` raised.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where the admin listener goes when the file does not say.
 pub const DEFAULT_ADMIN: SocketAddr =
@@ -196,9 +207,27 @@ impl Config {
     }
 
     /// Reads `path` and resolves the relative paths in it against the file's directory.
+    /// A file that cannot be read or is not UTF-8 is the caller's fault (bad input), as is
+    /// anything wrong inside it.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let config = Self::parse(&text).map_err(|e| match e {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read {}: {e}; give --config the gateway's TOML file",
+                path.display()
+            ))
+        })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = valid.rsplit(|&b| b == b'\n').next().map_or(0, |l| {
+                std::str::from_utf8(l).map_or(l.len(), |s| s.chars().count())
+            }) + 1;
+            Error::Config(format!(
+                "{}: line {line}, column {column}: the file is not UTF-8 text; a config file is UTF-8 TOML",
+                path.display()
+            ))
+        })?;
+        let config = Self::parse(text).map_err(|e| match e {
             Error::Config(message) => Error::Config(format!("{}: {message}", path.display())),
             other => other,
         })?;

@@ -88,6 +88,7 @@ struct RawLimits {
     max_connections: Option<usize>,
     max_concurrent_streams: Option<u32>,
     connect_timeout: Option<String>,
+    response_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +216,17 @@ impl RawConfig {
             }
             None => DEFAULT_ADMIN,
         };
+        // Two listeners on one port would fail at bind time, after enrollment: say so here.
+        let admin_taken = admin.port() != 0
+            && (inbound.as_ref().is_some_and(|ib| ib.listen == admin)
+                || outbound.iter().any(|r| r.listen == admin));
+        if admin_taken {
+            return Err(bad(
+                "admin.listen",
+                admin.to_string(),
+                "another listener has this address",
+            ));
+        }
         let mut limits = self.limits.check()?;
         for (i, raw) in self.rate_limit.into_iter().enumerate() {
             limits.rate_limits.push(raw.check(i)?);
@@ -399,6 +411,11 @@ impl RawLimits {
                 self.connect_timeout,
                 d.connect_timeout,
             )?,
+            response_timeout: duration(
+                "limits.response_timeout",
+                self.response_timeout,
+                d.response_timeout,
+            )?,
             rate_limits: Vec::new(),
         })
     }
@@ -430,11 +447,19 @@ fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Durat
         return Err(bad(
             key,
             &text,
-            "a timeout of zero would close every connection at once",
+            "a timeout of zero would end every wait at once; expected a duration such as 10s or 5m",
         ));
+    }
+    if d > MAX_TIMEOUT {
+        // Far larger values would overflow the clock arithmetic of the timers (a panic at the
+        // first connection).
+        return Err(bad(key, &text, "expected at most 30d"));
     }
     Ok(d)
 }
+
+/// The longest any `[limits]` timeout may be.
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 
 fn mode(key: &str, value: Option<&str>) -> Result<Mode, Error> {
     match value {

@@ -39,6 +39,7 @@ idle_timeout = "2m"
 max_connections = 500
 max_concurrent_streams = 50
 connect_timeout = "3s"
+response_timeout = "1m"
 
 [[rate_limit]]
 peer = "spiffe://bank.example/ns/shop/**"
@@ -70,6 +71,7 @@ fn the_full_example_parses() {
     assert_eq!(c.outbound[0].target.port, 8443);
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(120));
     assert_eq!(c.limits.max_concurrent_streams, 50);
+    assert_eq!(c.limits.response_timeout, Duration::from_secs(60));
     assert_eq!(inbound.upstream.protocol, UpstreamProtocol::H2c);
     let limits = &c.limits.rate_limits;
     assert_eq!(limits.len(), 2);
@@ -173,12 +175,35 @@ fn each_value_rule_names_key_and_value() {
             "admin.dangerous_allow_remote",
         ),
         (
+            with(&format!("{ROUTE}[admin]\nlisten = \"127.0.0.1:1\"\n")),
+            "admin.listen",
+        ),
+        (
             with(&format!("{ROUTE}[limits]\nidle_timeout = \"5 minutes\"\n")),
             "limits.idle_timeout",
         ),
         (
             with(&format!("{ROUTE}[limits]\nheader_read_timeout = \"0s\"\n")),
             "limits.header_read_timeout",
+        ),
+        (
+            with(&format!("{ROUTE}[limits]\nresponse_timeout = \"0s\"\n")),
+            "limits.response_timeout",
+        ),
+        (
+            with(&format!("{ROUTE}[limits]\nresponse_timeout = \"soon\"\n")),
+            "limits.response_timeout",
+        ),
+        (
+            // u64::MAX seconds, give or take: it would overflow `Instant + Duration`.
+            with(&format!(
+                "{ROUTE}[limits]\nheader_read_timeout = \"213503982334601d\"\n"
+            )),
+            "limits.header_read_timeout",
+        ),
+        (
+            with(&format!("{ROUTE}[limits]\nidle_timeout = \"31d\"\n")),
+            "limits.idle_timeout",
         ),
         (
             with(&format!("{ROUTE}[limits]\nmax_header_bytes = 100\n")),

@@ -175,6 +175,11 @@ impl Kit {
 
     /// Starts a gateway for `id` with one outbound route to `payments`.
     pub async fn client(&self, id: &str, payments: &Payments) -> Client {
+        self.client_with(id, payments, Limits::default()).await
+    }
+
+    /// [`Kit::client`] with `limits`.
+    pub async fn client_with(&self, id: &str, payments: &Payments, limits: Limits) -> Client {
         let agent = self.enroll(id).await;
         let config = Config {
             spiffe_id: SpiffeId::parse(id).unwrap(),
@@ -189,7 +194,7 @@ impl Kit {
                 mode: Mode::Http,
             }],
             admin: LOCAL,
-            limits: Limits::default(),
+            limits,
             audit_path: None,
         };
         let gateway = meshgate_gateway::start(&config, &agent).await.unwrap();
