@@ -18,6 +18,10 @@ pub trait CommitIssuances: Send {
         &mut self,
         writes: Vec<IssuanceWrite>,
     ) -> Result<Vec<Result<IssuanceOutcome, CaError>>, CaError>;
+    /// As [`Store::recover_after_failed_commit`].
+    fn recover(&mut self) -> Result<(), CaError> {
+        Ok(())
+    }
 }
 
 impl<S: Store> CommitIssuances for S {
@@ -26,6 +30,10 @@ impl<S: Store> CommitIssuances for S {
         writes: Vec<IssuanceWrite>,
     ) -> Result<Vec<Result<IssuanceOutcome, CaError>>, CaError> {
         self.commit_issuances(writes)
+    }
+
+    fn recover(&mut self) -> Result<(), CaError> {
+        self.recover_after_failed_commit()
     }
 }
 
@@ -103,6 +111,8 @@ pub type Pending = oneshot::Receiver<Result<IssuanceOutcome, CaError>>;
 
 /// The writer thread: one batch per wake-up until every sender is gone.
 fn run<S: CommitIssuances>(mut store: S, rx: &Receiver<Job>, max_batch: usize, on_batch: &OnBatch) {
+    // Without this thread every later issuance would fail, and nothing would say so.
+    let _abort = AbortIfUnwinding;
     let mut writes = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
@@ -118,7 +128,13 @@ fn run<S: CommitIssuances>(mut store: S, rx: &Receiver<Job>, max_batch: usize, o
             }
         }
         let n = writes.len();
-        match store.commit_batch(std::mem::take(&mut writes)) {
+        let batch = std::mem::take(&mut writes);
+        // A panic fails its own batch only; the connection is repaired below like after any
+        // failed commit. `store` is not used again before that repair.
+        let committed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.commit_batch(batch)))
+                .unwrap_or(Err(CaError::Internal("the datastore panicked in a commit")));
+        match committed {
             Ok(outcomes) if outcomes.len() == n => {
                 on_batch(n);
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
@@ -127,13 +143,42 @@ fn run<S: CommitIssuances>(mut store: S, rx: &Receiver<Job>, max_batch: usize, o
                     let _ = reply.send(outcome);
                 }
             }
-            Ok(_) => fail_all(&mut replies, "the datastore answered a batch out of step"),
+            Ok(_) => {
+                tracing::error!("a group commit of {n} issuances answered out of step");
+                fail_all(&mut replies, "the datastore answered a batch out of step");
+                recover(&mut store);
+            }
             Err(e) => {
                 // Nothing of the batch was written: every request in it fails, none is answered
                 // with a certificate.
                 tracing::error!("a group commit of {n} issuances failed: {e}");
                 fail_all(&mut replies, "the datastore failed to commit");
+                recover(&mut store);
             }
+        }
+    }
+}
+
+/// After a failed batch: the next one must not find a transaction left open or a broken
+/// connection. If the repair fails too, the next batch fails and tries it again.
+fn recover<S: CommitIssuances>(store: &mut S) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.recover())) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("the CA's group commit could not repair its datastore: {e}"),
+        Err(_) => tracing::error!("the CA's group commit panicked repairing its datastore"),
+    }
+}
+
+/// Held by the writer thread: if it unwinds anyway (outside a commit), requests would queue
+/// for a thread that is gone and every issuance fail from then on. Stopping the process hands
+/// the CA to its supervisor to restart instead of leaving it up and unable to issue.
+struct AbortIfUnwinding;
+
+impl Drop for AbortIfUnwinding {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the CA's group commit thread panicked: stopping the process");
+            std::process::abort();
         }
     }
 }
@@ -156,11 +201,18 @@ mod tests {
     use super::*;
     use crate::store::IssuedCert;
 
-    /// A datastore that holds each batch until the test lets it go (`true`: fail the batch),
-    /// and says how many writes each batch holds. Renewals of even serials are "recorded".
+    /// A datastore that holds each batch until the test lets it go, and says how many writes
+    /// each batch holds and when it is asked to recover. Renewals of even serials are "recorded".
     struct Gate {
         entered: Sender<usize>,
-        release: Receiver<bool>,
+        release: Receiver<Release>,
+        recovered: Sender<()>,
+    }
+
+    enum Release {
+        Commit,
+        Fail,
+        Panic,
     }
 
     impl CommitIssuances for Gate {
@@ -169,8 +221,10 @@ mod tests {
             writes: Vec<IssuanceWrite>,
         ) -> Result<Vec<Result<IssuanceOutcome, CaError>>, CaError> {
             self.entered.send(writes.len()).unwrap();
-            if self.release.recv().unwrap() {
-                return Err(CaError::Internal("disk full"));
+            match self.release.recv().unwrap() {
+                Release::Commit => {}
+                Release::Fail => return Err(CaError::Internal("disk full")),
+                Release::Panic => panic!("a bug in the datastore"),
             }
             Ok(writes
                 .into_iter()
@@ -181,6 +235,11 @@ mod tests {
                     IssuanceWrite::Enroll { .. } => Err(CaError::Internal("not in this test")),
                 })
                 .collect())
+        }
+
+        fn recover(&mut self) -> Result<(), CaError> {
+            self.recovered.send(()).unwrap();
+            Ok(())
         }
     }
 
@@ -201,15 +260,29 @@ mod tests {
         }
     }
 
-    fn start(queue: usize, max_batch: usize) -> (GroupCommit, Receiver<usize>, Sender<bool>) {
+    struct Started {
+        gc: GroupCommit,
+        batches: Receiver<usize>,
+        release: Sender<Release>,
+        recovered: Receiver<()>,
+    }
+
+    fn start(queue: usize, max_batch: usize) -> Started {
         let (entered, batches) = channel();
         let (release, gate) = channel();
+        let (recovered_tx, recovered) = channel();
         let gate = Gate {
             entered,
             release: gate,
+            recovered: recovered_tx,
         };
         let gc = GroupCommit::spawn(gate, queue, max_batch, Box::new(|_| {})).unwrap();
-        (gc, batches, release)
+        Started {
+            gc,
+            batches,
+            release,
+            recovered,
+        }
     }
 
     fn recorded(p: Pending) -> bool {
@@ -221,7 +294,12 @@ mod tests {
 
     #[test]
     fn writes_queued_during_a_commit_go_into_the_next_batch_and_each_gets_its_own_outcome() {
-        let (gc, batches, release) = start(4, 3);
+        let Started {
+            gc,
+            batches,
+            release,
+            ..
+        } = start(4, 3);
         let first = gc.submit(renewal(1)).unwrap();
         assert_eq!(batches.recv().unwrap(), 1);
         // While the first batch commits, four more wait: the queue is full.
@@ -230,37 +308,72 @@ mod tests {
             gc.submit(renewal(6)),
             Err(CaError::Overloaded { queue: 4 })
         ));
-        release.send(false).unwrap();
+        release.send(Release::Commit).unwrap();
         assert!(!recorded(first));
         // The next batch takes what waited, up to the largest batch; the rest goes next.
         assert_eq!(batches.recv().unwrap(), 3);
-        release.send(false).unwrap();
+        release.send(Release::Commit).unwrap();
         assert_eq!(batches.recv().unwrap(), 1);
-        release.send(false).unwrap();
+        release.send(Release::Commit).unwrap();
         let outcomes: Vec<bool> = waiting.into_iter().map(recorded).collect();
         assert_eq!(outcomes, [true, false, true, false]);
     }
 
     #[test]
     fn a_batch_that_fails_to_commit_fails_each_of_its_writes_and_the_next_batch_commits() {
-        let (gc, batches, release) = start(8, 8);
+        let Started {
+            gc,
+            batches,
+            release,
+            recovered,
+        } = start(8, 8);
         let first = gc.submit(renewal(2)).unwrap();
         assert_eq!(batches.recv().unwrap(), 1);
         let second = gc.submit(renewal(4)).unwrap();
         let third = gc.submit(renewal(6)).unwrap();
-        release.send(false).unwrap();
+        release.send(Release::Commit).unwrap();
         assert!(recorded(first));
         assert_eq!(batches.recv().unwrap(), 2);
-        release.send(true).unwrap();
+        release.send(Release::Fail).unwrap();
         for p in [second, third] {
             assert!(matches!(
                 p.blocking_recv().unwrap(),
                 Err(CaError::Internal(_))
             ));
         }
+        recovered.recv().unwrap();
         let fourth = gc.submit(renewal(8)).unwrap();
         assert_eq!(batches.recv().unwrap(), 1);
-        release.send(false).unwrap();
+        release.send(Release::Commit).unwrap();
+        assert!(recorded(fourth));
+    }
+
+    #[test]
+    fn a_batch_whose_datastore_panics_fails_only_its_own_writes_and_the_next_batch_commits() {
+        let Started {
+            gc,
+            batches,
+            release,
+            recovered,
+        } = start(8, 8);
+        let first = gc.submit(renewal(2)).unwrap();
+        assert_eq!(batches.recv().unwrap(), 1);
+        let second = gc.submit(renewal(4)).unwrap();
+        let third = gc.submit(renewal(6)).unwrap();
+        release.send(Release::Panic).unwrap();
+        // An error, not a hang and not a closed channel: the thread is still there.
+        assert!(matches!(
+            first.blocking_recv().unwrap(),
+            Err(CaError::Internal(_))
+        ));
+        recovered.recv().unwrap();
+        assert_eq!(batches.recv().unwrap(), 2);
+        release.send(Release::Commit).unwrap();
+        assert!(recorded(second));
+        assert!(recorded(third));
+        let fourth = gc.submit(renewal(8)).unwrap();
+        assert_eq!(batches.recv().unwrap(), 1);
+        release.send(Release::Commit).unwrap();
         assert!(recorded(fourth));
     }
 }

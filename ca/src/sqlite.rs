@@ -1,7 +1,7 @@
 //! The SQLite datastore: WAL journal with `synchronous=FULL`, so an acknowledged write survives a
 //! crash at any instant.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshgate_identity::{Serial, SpiffeId, TrustDomain};
@@ -69,18 +69,20 @@ CREATE INDEX IF NOT EXISTS issued_by_parent ON issued (renewed_from);
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    /// Where `conn` was opened, to open it again when it is left unusable.
+    path: PathBuf,
+    /// `conn` was closed and could not be opened again: the next recovery tries once more.
+    lost: bool,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies the schema.
     pub fn open(path: &Path) -> Result<Self, CaError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: connect(path)?,
+            path: path.to_owned(),
+            lost: false,
+        })
     }
 
     fn revocations_in_snapshot(&self) -> Result<(u64, Vec<RevocationRecord>), CaError> {
@@ -399,6 +401,29 @@ impl Store for SqliteStore {
         Ok(outcomes)
     }
 
+    fn recover_after_failed_commit(&mut self) -> Result<(), CaError> {
+        if !self.lost && self.conn.is_autocommit() {
+            return Ok(());
+        }
+        if !self.lost && self.conn.execute_batch("ROLLBACK").is_ok() {
+            return Ok(());
+        }
+        // A connection stuck inside a transaction would refuse every later batch and hold the
+        // write lock: close it (SQLite rolls back what it held) and open the file again.
+        tracing::warn!(
+            "the CA's group commit connection to {} is reopened",
+            self.path.display()
+        );
+        let stuck = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        self.lost = true;
+        if let Err((_, e)) = stuck.close() {
+            tracing::warn!("closing the stuck connection: {e}");
+        }
+        self.conn = connect(&self.path)?;
+        self.lost = false;
+        Ok(())
+    }
+
     fn revoke(
         &mut self,
         serials: &[(Serial, SpiffeId)],
@@ -540,6 +565,17 @@ fn revoke_in(
         bump(tx, "revocation_sequence")?;
     }
     Ok(added)
+}
+
+/// A connection to the database file at `path` with the CA's settings, the schema applied.
+fn connect(path: &Path) -> Result<Connection, CaError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
 }
 
 /// One write of a group commit, inside its savepoint.

@@ -250,6 +250,11 @@ pub trait Store: Send {
         &mut self,
         writes: Vec<IssuanceWrite>,
     ) -> Result<Vec<Result<IssuanceOutcome, CaError>>, CaError>;
+    /// After a [`Store::commit_issuances`] that failed or panicked: leaves the datastore able to
+    /// commit the next batch (no transaction left open, a working connection), or says why not.
+    fn recover_after_failed_commit(&mut self) -> Result<(), CaError> {
+        Ok(())
+    }
 
     /// Revokes the given serials (already revoked ones are skipped) and returns what was added.
     fn revoke(

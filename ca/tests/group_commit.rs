@@ -9,6 +9,7 @@
 //! checked against what the writes before it in the batch left, each undone alone if it fails.
 
 use meshgate_ca::CaError;
+use meshgate_ca::group_commit::{self, GroupCommit, Pending};
 use meshgate_ca::sqlite::SqliteStore;
 use meshgate_ca::store::{
     EnrollOutcome, IssuanceOutcome, IssuanceWrite, IssuedCert, Store as _, TokenRecord,
@@ -216,4 +217,102 @@ fn a_renewal_from_a_revoked_serial_is_refused_inside_the_batch() {
         [Ok(IssuanceOutcome::Renew { recorded: false })]
     ));
     assert_eq!(store.list_issued().unwrap().len(), 1);
+}
+
+/// The real writer thread on its own connection to a fresh database, with a token for workload
+/// 1 stored by another connection; `batches` receives the size of each committed batch.
+fn writer() -> (
+    tempfile::TempDir,
+    SqliteStore,
+    GroupCommit,
+    std::sync::mpsc::Receiver<usize>,
+) {
+    let (dir, store) = open();
+    let (sizes, batches) = std::sync::mpsc::channel();
+    let gc = GroupCommit::spawn(
+        SqliteStore::open(&dir.path().join("ca.db")).unwrap(),
+        group_commit::QUEUE,
+        group_commit::MAX_BATCH,
+        Box::new(move |n| {
+            let _ = sizes.send(n);
+        }),
+    )
+    .unwrap();
+    (dir, store, gc, batches)
+}
+
+/// Another connection to the same file that holds the write lock until it is committed.
+fn hold_write_lock(dir: &tempfile::TempDir) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.path().join("ca.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+fn outcome(p: Pending) -> IssuanceOutcome {
+    p.blocking_recv().unwrap().unwrap()
+}
+
+#[test]
+fn concurrent_uses_of_one_single_use_token_held_behind_a_lock_issue_exactly_once() {
+    let (dir, mut store, gc, batches) = writer();
+    let hash = token(&mut store, 1);
+    let lock = hold_write_lock(&dir);
+    let pending: Vec<Pending> = (1..=8)
+        .map(|serial| gc.submit(enroll(&hash, Ok(cert(serial, 1)))).unwrap())
+        .collect();
+    // Nothing can commit while the other connection holds the write lock.
+    assert!(batches.try_recv().is_err());
+    lock.execute_batch("COMMIT").unwrap();
+    let outcomes: Vec<IssuanceOutcome> = pending.into_iter().map(outcome).collect();
+    let issued = outcomes
+        .iter()
+        .filter(|o| matches!(o, IssuanceOutcome::Enroll(EnrollOutcome::Issued(..))))
+        .count();
+    let spent = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                IssuanceOutcome::Enroll(EnrollOutcome::Rejected(TokenRejection::Spent))
+            )
+        })
+        .count();
+    assert_eq!((issued, spent), (1, 7), "{outcomes:?}");
+    assert_eq!(store.list_issued().unwrap().len(), 1);
+    assert_eq!(uses_left(&store, 1), 0);
+    // The first batch may have been taken before the rest were queued; everything queued
+    // behind the lock then goes into the one batch after it.
+    drop(gc);
+    let sizes: Vec<usize> = batches.iter().collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 8, "{sizes:?}");
+    assert!(sizes.len() <= 2, "{sizes:?}");
+}
+
+#[test]
+fn a_token_revoked_after_the_pre_check_and_before_its_write_is_refused_inside_the_batch() {
+    let (dir, mut store, gc, _batches) = writer();
+    let hash = token(&mut store, 1);
+    // The request's pre-check (on the server's other connection) finds the token good.
+    let read = store.token_by_secret(&hash).unwrap().unwrap();
+    assert_eq!(read.rejection(NOW), None);
+    // The write is queued, then the token is revoked (as by `ca token revoke`) before the
+    // writer can begin its transaction.
+    let lock = hold_write_lock(&dir);
+    let pending = gc.submit(enroll(&hash, Ok(cert(1, 1)))).unwrap();
+    lock.execute(
+        "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2",
+        rusqlite::params![NOW, read.id],
+    )
+    .unwrap();
+    lock.execute_batch("COMMIT").unwrap();
+    let o = outcome(pending);
+    assert!(
+        matches!(
+            o,
+            IssuanceOutcome::Enroll(EnrollOutcome::Rejected(TokenRejection::Revoked))
+        ),
+        "{o:?}"
+    );
+    assert!(store.list_issued().unwrap().is_empty());
+    assert_eq!(uses_left(&store, 1), 1);
 }
