@@ -188,7 +188,13 @@ async fn run(args: &Args) -> Result<Load, Error> {
     };
     let server = start(&ca_dir, cfg).await?;
     let url = format!("https://{}", server.addr);
-    eprintln!("CA serving on {url}; creating {} tokens", args.enrollments);
+    // Printed so the CLI (`meshgate ca revoke --dir`, `ca token revoke --dir`) can be run against
+    // the CA while it is under load; the directory is removed when the run ends.
+    eprintln!(
+        "CA serving on {url} from {}; creating {} tokens",
+        ca_dir.display(),
+        args.enrollments
+    );
 
     // As `ca token create` does: another handle on the same datastore, one durable write each.
     let tokens = {
