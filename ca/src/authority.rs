@@ -2,9 +2,11 @@
 //! and `keys/` (private keys, mode 0600). Creates itself atomically, signs CSRs, renews its
 //! intermediate at half-life, and answers with its trust bundle.
 
+use std::cell::RefCell;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use meshgate_identity::api::CA_ID_PATH;
@@ -45,11 +47,17 @@ pub struct Authority {
     pub(crate) dir: PathBuf,
     pub(crate) store: SqliteStore,
     pub(crate) meta: CaMeta,
-    pub(crate) signer: Signer,
+    /// Shared with the [`Minter`]s in flight, which sign outside the server's lock.
+    pub(crate) signer: Arc<Signer>,
     /// The datastore's `state_version` when `signer` was loaded.
     state_version: u64,
     /// Lifetime of the SVIDs minted by enrollment and renewal.
     pub(crate) leaf_ttl: Duration,
+    /// The last bundle read, with the `state_version` read before it: every change of the roots
+    /// or the bundle sequence bumps that version, so one small read tells whether it is current.
+    /// Every enrollment and renewal answer carries the bundle; reading and parsing every root
+    /// for each cost more than signing the certificate.
+    bundle_cache: RefCell<Option<(u64, TrustBundle)>>,
 }
 
 /// The active intermediate, its key, and the root above it.
@@ -109,6 +117,7 @@ impl Authority {
             signer,
             state_version,
             leaf_ttl: profile::LEAF_TTL,
+            bundle_cache: RefCell::new(None),
         })
     }
 
@@ -129,6 +138,8 @@ impl Authority {
     pub fn set_leaf_ttl(&mut self, ttl: Duration) -> Result<(), CaError> {
         profile::check_leaf_ttl(ttl)?;
         self.leaf_ttl = ttl;
+        // The refresh hint depends on it.
+        self.bundle_cache.replace(None);
         Ok(())
     }
 
@@ -143,6 +154,19 @@ impl Authority {
     /// The trust bundle: every root in it and its sequence number, as the datastore has them now
     /// (not as of the last reload, so that the sequence always matches the roots).
     pub fn bundle(&self) -> Result<TrustBundle, CaError> {
+        // Read before the bundle: a change committed in between makes the next call read again.
+        let version = state_version(&self.store)?;
+        if let Some((v, bundle)) = &*self.bundle_cache.borrow()
+            && *v == version
+        {
+            return Ok(bundle.clone());
+        }
+        let bundle = self.read_bundle()?;
+        self.bundle_cache.replace(Some((version, bundle.clone())));
+        Ok(bundle)
+    }
+
+    fn read_bundle(&self) -> Result<TrustBundle, CaError> {
         let (sequence, authorities) = self.store.bundle_state()?;
         let roots = authorities
             .into_iter()
@@ -199,17 +223,17 @@ impl Authority {
 
     /// Workload IDs only: inside the trust domain, with a path, and never the CA's own ID.
     pub(crate) fn check_issuable(&self, id: &SpiffeId) -> Result<(), CaError> {
-        if !id.is_member_of(&self.meta.trust_domain) {
-            return Err(CaError::ForeignTrustDomain(
-                id.to_string(),
-                self.meta.trust_domain.to_string(),
-            ));
+        check_issuable(&self.meta.trust_domain, id)
+    }
+
+    /// What signs enrollments and renewals now, detached from the datastore: the server signs
+    /// with it outside its lock, on every core, and commits what it signed in a group.
+    pub(crate) fn minter(&self) -> Minter {
+        Minter {
+            signer: self.signer.clone(),
+            trust_domain: self.meta.trust_domain.clone(),
+            leaf_ttl: self.leaf_ttl,
         }
-        id.require_path()?;
-        if id.path() == CA_ID_PATH {
-            return Err(CaError::ReservedId(id.to_string()));
-        }
-        Ok(())
     }
 
     /// The CA's own ID, `spiffe://<td>/meshgate/ca`.
@@ -256,6 +280,53 @@ impl Authority {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The active signer with the settings of enrollment and renewal: signs CSRs with no I/O and
+/// no lock. What it signs must be committed (a [`crate::store::IssuanceWrite`]) before it is
+/// handed out.
+#[derive(Debug, Clone)]
+pub(crate) struct Minter {
+    signer: Arc<Signer>,
+    trust_domain: TrustDomain,
+    leaf_ttl: Duration,
+}
+
+impl Minter {
+    /// Checks `csr_der` against `id` and signs it with the leaf profile.
+    pub(crate) fn mint(
+        &self,
+        csr_der: &[u8],
+        id: &SpiffeId,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CaError> {
+        let csr = check_csr(csr_der, id)?;
+        self.mint_checked(&csr, now)
+    }
+
+    /// Signs a CSR already checked for its SPIFFE ID.
+    pub(crate) fn mint_checked(
+        &self,
+        csr: &CheckedCsr,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CaError> {
+        self.signer.mint(csr, &[], self.leaf_ttl, now)
+    }
+
+    pub(crate) fn check_issuable(&self, id: &SpiffeId) -> Result<(), CaError> {
+        check_issuable(&self.trust_domain, id)
+    }
+}
+
+fn check_issuable(td: &TrustDomain, id: &SpiffeId) -> Result<(), CaError> {
+    if !id.is_member_of(td) {
+        return Err(CaError::ForeignTrustDomain(id.to_string(), td.to_string()));
+    }
+    id.require_path()?;
+    if id.path() == CA_ID_PATH {
+        return Err(CaError::ReservedId(id.to_string()));
+    }
+    Ok(())
 }
 
 fn build_ca(
@@ -393,7 +464,7 @@ impl Signer {
     }
 }
 
-fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Signer, CaError> {
+fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Arc<Signer>, CaError> {
     let intermediate = newest_active(store, AuthorityKind::Intermediate)?;
     let key = read_key_file(&dir.join(&intermediate.key_file))?;
     let root = store
@@ -403,11 +474,11 @@ fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Signer, CaError> {
         .ok_or(CaError::NoActiveAuthority(
             "root of the active intermediate",
         ))?;
-    Ok(Signer {
+    Ok(Arc::new(Signer {
         intermediate,
         key,
         root,
-    })
+    }))
 }
 
 fn state_version(store: &SqliteStore) -> Result<u64, CaError> {

@@ -73,6 +73,8 @@ pub enum CaError {
     Audit(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
+    #[error("the CA is overloaded: {queue} issuances already wait for the datastore; retry later")]
+    Overloaded { queue: usize },
     #[error("random number generator failed")]
     Random,
 }

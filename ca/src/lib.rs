@@ -5,6 +5,7 @@ pub mod audit_log;
 pub mod authority;
 pub mod csr;
 pub mod error;
+pub mod group_commit;
 pub mod keys;
 pub mod profile;
 pub mod revocation;

@@ -8,10 +8,10 @@ use meshgate_identity::{BundleSet, Serial, SpiffeId};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
-use crate::authority::{Authority, IssuedSvid};
+use crate::authority::{Authority, IssuedSvid, Minter};
 use crate::csr::check_csr;
 use crate::error::CaError;
-use crate::store::{RevocationRecord, Store as _};
+use crate::store::{IssuanceOutcome, IssuanceWrite, RevocationRecord, Store as _};
 
 impl Authority {
     /// Revokes one issued certificate by serial, and every SVID renewed from it, so that a
@@ -75,20 +75,77 @@ impl Authority {
         csr_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, CaError> {
-        let bundles = BundleSet::single(self.bundle()?);
+        let pending = self.start_renew()?;
+        let peer = pending.verify_peer(peer_chain, now)?;
+        if self.store.is_revoked(&peer.serial)? {
+            return Err(CaError::Revoked(peer.serial.to_string()));
+        }
+        let (write, minted) = pending.mint(peer_chain, &peer, csr_der, now)?;
+        let outcome =
+            self.store
+                .commit_issuances(vec![write])?
+                .pop()
+                .ok_or(CaError::Internal(
+                    "the datastore left out a write's outcome",
+                ))??;
+        finish_renew(outcome, minted, &peer.serial)
+    }
+
+    /// The first step of a renewal, a read: the bundle to verify the caller against and the
+    /// signer. What it returns verifies and signs without the CA (the server does that outside
+    /// its lock) and yields the write that records the renewal, with the revocation check.
+    pub(crate) fn start_renew(&self) -> Result<PendingRenew, CaError> {
+        Ok(PendingRenew {
+            bundles: BundleSet::single(self.bundle()?),
+            minter: self.minter(),
+        })
+    }
+}
+
+/// A renewal's caller, as its chain verified.
+#[derive(Debug, Clone)]
+pub(crate) struct RenewingPeer {
+    pub(crate) id: SpiffeId,
+    pub(crate) serial: Serial,
+}
+
+/// A renewal in progress: verifies the caller and signs (no I/O, no lock).
+#[derive(Debug)]
+pub(crate) struct PendingRenew {
+    bundles: BundleSet,
+    minter: Minter,
+}
+
+impl PendingRenew {
+    /// Verifies the caller's chain at `now`; its ID must be one this CA issues.
+    pub(crate) fn verify_peer(
+        &self,
+        peer_chain: &[CertificateDer<'_>],
+        now: OffsetDateTime,
+    ) -> Result<RenewingPeer, CaError> {
         let secs = u64::try_from(now.unix_timestamp()).unwrap_or(0);
         let verified = verify_chain(
             peer_chain,
-            &bundles,
+            &self.bundles,
             UnixTime::since_unix_epoch(Duration::from_secs(secs)),
         )
         .map_err(|e| CaError::PeerRejected(e.to_string()))?;
-        let (peer_id, peer_serial) = (verified.info.spiffe_id, verified.info.serial);
-        self.check_issuable(&peer_id)?;
-        if self.store.is_revoked(&peer_serial)? {
-            return Err(CaError::Revoked(peer_serial.to_string()));
-        }
-        let csr = check_csr(csr_der, &peer_id)?;
+        let (id, serial) = (verified.info.spiffe_id, verified.info.serial);
+        self.minter.check_issuable(&id)?;
+        Ok(RenewingPeer { id, serial })
+    }
+
+    /// Checks the CSR (the caller's ID, a fresh key) and signs it: the write that records the
+    /// renewal unless the caller's SVID is revoked by then, and the certificate, which may be
+    /// handed out once that write has committed.
+    pub(crate) fn mint(
+        &self,
+        peer_chain: &[CertificateDer<'_>],
+        peer: &RenewingPeer,
+        csr_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<(IssuanceWrite, IssuedSvid), CaError> {
+        let csr = check_csr(csr_der, &peer.id)?;
         let leaf = peer_chain
             .first()
             .ok_or(CaError::Internal("empty peer chain"))?;
@@ -98,10 +155,26 @@ impl Authority {
                 detail: "the request reuses the current SVID's key; renew with a new key".into(),
             });
         }
-        let issued = self.signer.mint(&csr, &[], self.leaf_ttl, now)?;
-        if !self.store.record_renewal(&issued.record, &peer_serial)? {
-            return Err(CaError::Revoked(peer_serial.to_string()));
+        let issued = self.minter.mint_checked(&csr, now)?;
+        let write = IssuanceWrite::Renew {
+            cert: issued.record.clone(),
+            from: peer.serial.clone(),
+        };
+        Ok((write, issued))
+    }
+}
+
+/// The answer to a renewal once its write has committed.
+pub(crate) fn finish_renew(
+    outcome: IssuanceOutcome,
+    minted: IssuedSvid,
+    from: &Serial,
+) -> Result<IssuedSvid, CaError> {
+    match outcome {
+        IssuanceOutcome::Renew { recorded: true } => Ok(minted),
+        IssuanceOutcome::Renew { recorded: false } => Err(CaError::Revoked(from.to_string())),
+        IssuanceOutcome::Enroll(_) => {
+            Err(CaError::Internal("a renewal came back as an enrollment"))
         }
-        Ok(issued)
     }
 }

@@ -1,7 +1,7 @@
 //! The SQLite datastore: WAL journal with `synchronous=FULL`, so an acknowledged write survives a
 //! crash at any instant.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshgate_identity::{Serial, SpiffeId, TrustDomain};
@@ -10,8 +10,8 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use crate::error::CaError;
 use crate::keys::KeyType;
 use crate::store::{
-    AuthorityKind, AuthorityRecord, AuthorityState, CaMeta, EnrollOutcome, IssuedCert,
-    RevocationRecord, Store, TokenRecord, TokenRejection,
+    AuthorityKind, AuthorityRecord, AuthorityState, CaMeta, EnrollOutcome, IssuanceOutcome,
+    IssuanceWrite, IssuedCert, RevocationRecord, Store, TokenRecord, TokenRejection,
 };
 
 /// The file name of the datastore inside a CA directory.
@@ -69,18 +69,20 @@ CREATE INDEX IF NOT EXISTS issued_by_parent ON issued (renewed_from);
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    /// Where `conn` was opened, to open it again when it is left unusable.
+    path: PathBuf,
+    /// `conn` was closed and could not be opened again: the next recovery tries once more.
+    lost: bool,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies the schema.
     pub fn open(path: &Path) -> Result<Self, CaError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: connect(path)?,
+            path: path.to_owned(),
+            lost: false,
+        })
     }
 
     fn revocations_in_snapshot(&self) -> Result<(u64, Vec<RevocationRecord>), CaError> {
@@ -365,56 +367,61 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
-    fn enroll(
+    fn token_by_secret(&self, secret_sha256: &str) -> Result<Option<TokenRecord>, CaError> {
+        token_by_secret(&self.conn, secret_sha256)
+    }
+
+    fn commit_issuances(
         &mut self,
-        secret_sha256: &str,
-        now: i64,
-        issue: &mut dyn FnMut(&TokenRecord) -> Result<IssuedCert, CaError>,
-    ) -> Result<EnrollOutcome, CaError> {
-        // IMMEDIATE takes the write lock first, so two enrollments with one token serialize
-        // here and the second sees the first's spent use.
-        let tx = self
+        writes: Vec<IssuanceWrite>,
+    ) -> Result<Vec<Result<IssuanceOutcome, CaError>>, CaError> {
+        // IMMEDIATE takes the write lock first: the checks below read what they then change, and
+        // a `ca token revoke` or `ca revoke` from the CLI commits either before this batch or
+        // after it. With synchronous=FULL the commit returns once the batch is on disk.
+        let mut tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let token = tx
-            .query_row(
-                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_sha256 = ?1"),
-                [secret_sha256],
-                token_from_row,
-            )
-            .optional()?
-            .transpose()?;
-        let Some(mut token) = token else {
-            return Ok(EnrollOutcome::Rejected(TokenRejection::Unknown));
-        };
-        let rejection = if token.revoked_at.is_some() {
-            Some(TokenRejection::Revoked)
-        } else if token.expires_at <= now {
-            Some(TokenRejection::Expired)
-        } else if token.uses_left == 0 {
-            Some(TokenRejection::Spent)
-        } else {
-            None
-        };
-        if let Some(r) = rejection {
-            return Ok(EnrollOutcome::Rejected(r));
-        }
-        tx.execute(
-            "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
-            [token.id],
-        )?;
-        token.uses_left -= 1;
-        match issue(&token) {
-            Ok(cert) => {
-                insert_issued(&tx, &cert)?;
-                tx.commit()?;
-                Ok(EnrollOutcome::Issued(token, cert))
-            }
-            Err(e) => {
-                tx.commit()?;
-                Ok(EnrollOutcome::Failed(token, e))
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let mut sp = tx.savepoint()?;
+            match apply(&sp, write) {
+                Ok(outcome) => {
+                    sp.commit()?;
+                    outcomes.push(Ok(outcome));
+                }
+                Err(e) => {
+                    // Only this write's changes go; if even that fails, the batch does.
+                    sp.rollback()?;
+                    drop(sp);
+                    outcomes.push(Err(e));
+                }
             }
         }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    fn recover_after_failed_commit(&mut self) -> Result<(), CaError> {
+        if !self.lost && self.conn.is_autocommit() {
+            return Ok(());
+        }
+        if !self.lost && self.conn.execute_batch("ROLLBACK").is_ok() {
+            return Ok(());
+        }
+        // A connection stuck inside a transaction would refuse every later batch and hold the
+        // write lock: close it (SQLite rolls back what it held) and open the file again.
+        tracing::warn!(
+            "the CA's group commit connection to {} is reopened",
+            self.path.display()
+        );
+        let stuck = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        self.lost = true;
+        if let Err((_, e)) = stuck.close() {
+            tracing::warn!("closing the stuck connection: {e}");
+        }
+        self.conn = connect(&self.path)?;
+        self.lost = false;
+        Ok(())
     }
 
     fn revoke(
@@ -444,32 +451,6 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(added)
-    }
-
-    fn record_renewal(&mut self, cert: &IssuedCert, from: &Serial) -> Result<bool, CaError> {
-        // One IMMEDIATE transaction: a revocation of `from` either commits first (and this
-        // renewal is refused) or after (and sees this certificate as a descendant).
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let revoked = tx
-            .query_row(
-                "SELECT 1 FROM revocations WHERE serial = ?1",
-                [from.to_string()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if revoked {
-            return Ok(false);
-        }
-        insert_issued(&tx, cert)?;
-        tx.execute(
-            "UPDATE issued SET renewed_from = ?1 WHERE serial = ?2",
-            params![from.to_string(), cert.serial.to_string()],
-        )?;
-        tx.commit()?;
-        Ok(true)
     }
 
     fn revoke_lineage(
@@ -584,6 +565,87 @@ fn revoke_in(
         bump(tx, "revocation_sequence")?;
     }
     Ok(added)
+}
+
+/// A connection to the database file at `path` with the CA's settings, the schema applied.
+fn connect(path: &Path) -> Result<Connection, CaError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// One write of a group commit, inside its savepoint.
+fn apply(conn: &Connection, write: IssuanceWrite) -> Result<IssuanceOutcome, CaError> {
+    match write {
+        IssuanceWrite::Enroll {
+            secret_sha256,
+            now,
+            issued,
+        } => {
+            let Some(mut token) = token_by_secret(conn, &secret_sha256)? else {
+                return Ok(IssuanceOutcome::Enroll(EnrollOutcome::Rejected(
+                    TokenRejection::Unknown,
+                )));
+            };
+            if let Some(r) = token.rejection(now) {
+                return Ok(IssuanceOutcome::Enroll(EnrollOutcome::Rejected(r)));
+            }
+            conn.execute(
+                "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
+                [token.id],
+            )?;
+            token.uses_left -= 1;
+            let outcome = match issued {
+                // Minted for the ID the token named when it was read; tokens never change their
+                // ID, but the check is cheap and the write must not record a certificate the
+                // token did not pay for.
+                Ok(cert) if cert.spiffe_id == token.spiffe_id => {
+                    insert_issued(conn, &cert)?;
+                    EnrollOutcome::Issued(token, cert)
+                }
+                Ok(_) => EnrollOutcome::Failed(
+                    token,
+                    CaError::Internal("the certificate was minted for another SPIFFE ID"),
+                ),
+                Err(e) => EnrollOutcome::Failed(token, e),
+            };
+            Ok(IssuanceOutcome::Enroll(outcome))
+        }
+        IssuanceWrite::Renew { cert, from } => {
+            // A revocation of `from` commits either before this batch (and the renewal is
+            // refused) or after it (and finds this certificate as a descendant).
+            let revoked = conn
+                .query_row(
+                    "SELECT 1 FROM revocations WHERE serial = ?1",
+                    [from.to_string()],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if revoked {
+                return Ok(IssuanceOutcome::Renew { recorded: false });
+            }
+            insert_issued(conn, &cert)?;
+            conn.execute(
+                "UPDATE issued SET renewed_from = ?1 WHERE serial = ?2",
+                params![from.to_string(), cert.serial.to_string()],
+            )?;
+            Ok(IssuanceOutcome::Renew { recorded: true })
+        }
+    }
+}
+
+fn token_by_secret(conn: &Connection, secret_sha256: &str) -> Result<Option<TokenRecord>, CaError> {
+    conn.prepare_cached(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_sha256 = ?1"
+    ))?
+    .query_row([secret_sha256], token_from_row)
+    .optional()?
+    .transpose()
 }
 
 fn kind_str(k: AuthorityKind) -> &'static str {

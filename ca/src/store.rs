@@ -125,6 +125,55 @@ pub enum EnrollOutcome {
     Failed(TokenRecord, CaError),
 }
 
+impl TokenRecord {
+    /// Why this token cannot pay for an issuance at `now`, if it cannot. The one rule, applied
+    /// by the read before signing and again inside the transaction that spends the token.
+    pub fn rejection(&self, now: i64) -> Option<TokenRejection> {
+        if self.revoked_at.is_some() {
+            Some(TokenRejection::Revoked)
+        } else if self.expires_at <= now {
+            Some(TokenRejection::Expired)
+        } else if self.uses_left == 0 {
+            Some(TokenRejection::Spent)
+        } else {
+            None
+        }
+    }
+}
+
+/// The writes of one issuance, applied with those of concurrent issuances in one transaction
+/// (group commit, [`Store::commit_issuances`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum IssuanceWrite {
+    /// Spend one use of the token whose secret hashes to `secret_sha256`, checked again inside
+    /// the transaction (known, unrevoked, unexpired at `now`, a use left), and record `issued`,
+    /// the certificate minted for the token's SPIFFE ID. When minting failed (`issued` is the
+    /// error: a bad CSR, say) a valid token is spent all the same.
+    Enroll {
+        secret_sha256: String,
+        now: i64,
+        issued: Result<IssuedCert, CaError>,
+    },
+    /// Record `cert`, renewed by the holder of `from`, unless `from` is revoked.
+    Renew { cert: IssuedCert, from: Serial },
+}
+
+/// How one [`IssuanceWrite`] ended inside its batch's transaction.
+#[derive(Debug)]
+#[non_exhaustive]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per write, moved once from the writer thread to its request; boxing would only add an allocation"
+)]
+pub enum IssuanceOutcome {
+    Enroll(EnrollOutcome),
+    /// False (and nothing recorded) if the renewed SVID was revoked.
+    Renew {
+        recorded: bool,
+    },
+}
+
 /// One revoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RevocationRecord {
@@ -188,14 +237,24 @@ pub trait Store: Send {
     fn list_tokens(&self) -> Result<Vec<TokenRecord>, CaError>;
     /// Revokes a token by id; false if there is no such token.
     fn revoke_token(&mut self, id: i64, now: i64) -> Result<bool, CaError>;
-    /// In one transaction: finds the token by the SHA-256 of its secret, spends one use, runs
-    /// `issue`, and records what it issued. A valid token is spent even when `issue` fails.
-    fn enroll(
+    /// The token whose secret hashes to `secret_sha256`, as a read sees it now.
+    fn token_by_secret(&self, secret_sha256: &str) -> Result<Option<TokenRecord>, CaError>;
+    /// Group commit: applies `writes` in order in one transaction, with one sync to disk for the
+    /// lot, and returns one outcome per write, in order. Each write is checked against the state
+    /// its predecessors in the batch left (two spends of one token: the second finds it spent)
+    /// and runs under its own savepoint, so an error in one (its `Err` in the list) undoes only
+    /// its own changes. `Err` for the whole: the transaction did not commit and nothing of the
+    /// batch was written. A certificate may be handed out only after its write's outcome came
+    /// back `Ok`.
+    fn commit_issuances(
         &mut self,
-        secret_sha256: &str,
-        now: i64,
-        issue: &mut dyn FnMut(&TokenRecord) -> Result<IssuedCert, CaError>,
-    ) -> Result<EnrollOutcome, CaError>;
+        writes: Vec<IssuanceWrite>,
+    ) -> Result<Vec<Result<IssuanceOutcome, CaError>>, CaError>;
+    /// After a [`Store::commit_issuances`] that failed or panicked: leaves the datastore able to
+    /// commit the next batch (no transaction left open, a working connection), or says why not.
+    fn recover_after_failed_commit(&mut self) -> Result<(), CaError> {
+        Ok(())
+    }
 
     /// Revokes the given serials (already revoked ones are skipped) and returns what was added.
     fn revoke(
@@ -204,9 +263,6 @@ pub trait Store: Send {
         now: i64,
         reason: Option<&str>,
     ) -> Result<Vec<RevocationRecord>, CaError>;
-    /// Records a renewal of `from` in one transaction with the check that `from` is not revoked;
-    /// false (and nothing recorded) if it is.
-    fn record_renewal(&mut self, cert: &IssuedCert, from: &Serial) -> Result<bool, CaError>;
     /// Revokes `serial` and every SVID renewed from it (transitively), in one transaction.
     /// None if no such certificate was issued.
     fn revoke_lineage(

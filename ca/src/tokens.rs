@@ -8,10 +8,11 @@ use meshgate_identity::api::{BootstrapToken, TOKEN_SECRET_BYTES, TokenClaims};
 use ring::rand::SecureRandom as _;
 use time::OffsetDateTime;
 
-use crate::authority::{Authority, IssuedSvid};
-use crate::csr::check_csr;
+use crate::authority::{Authority, IssuedSvid, Minter};
 use crate::error::CaError;
-use crate::store::{EnrollOutcome, Store as _, TokenRecord, TokenRejection};
+use crate::store::{
+    EnrollOutcome, IssuanceOutcome, IssuanceWrite, Store as _, TokenRecord, TokenRejection,
+};
 
 /// Default token lifetime.
 pub const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -102,26 +103,88 @@ impl Authority {
         csr_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<(TokenRecord, IssuedSvid), EnrollError> {
-        let hash = hex::encode(token.secret_sha256());
-        let signer = &self.signer;
-        let leaf_ttl = self.leaf_ttl;
-        let mut minted = None;
-        let outcome = self
-            .store
-            .enroll(&hash, now.unix_timestamp(), &mut |t: &TokenRecord| {
-                let csr = check_csr(csr_der, &t.spiffe_id)?;
-                let issued = signer.mint(&csr, &[], leaf_ttl, now)?;
-                let record = issued.record.clone();
-                minted = Some(issued);
-                Ok(record)
-            })?;
-        match outcome {
-            EnrollOutcome::Issued(t, _) => {
-                let issued = minted.ok_or(CaError::Internal("issuance produced no certificate"))?;
-                Ok((t, issued))
-            }
-            EnrollOutcome::Rejected(r) => Err(EnrollError::Token(r)),
-            EnrollOutcome::Failed(t, e) => Err(EnrollError::Spent(Box::new((t, e)))),
+        let pending = self.start_enroll(token, now)?;
+        let (write, minted) = pending.mint(csr_der);
+        let outcome =
+            self.store
+                .commit_issuances(vec![write])?
+                .pop()
+                .ok_or(CaError::Internal(
+                    "the datastore left out a write's outcome",
+                ))??;
+        finish_enroll(outcome, minted)
+    }
+
+    /// The first step of an enrollment, a read: the token must be usable now. What it returns
+    /// signs without the CA (the server does that outside its lock) and yields the write that
+    /// spends the token, checked again when it commits.
+    pub(crate) fn start_enroll(
+        &self,
+        token: &BootstrapToken,
+        now: OffsetDateTime,
+    ) -> Result<PendingEnroll, EnrollError> {
+        let secret_sha256 = hex::encode(token.secret_sha256());
+        let Some(record) = self.store.token_by_secret(&secret_sha256)? else {
+            return Err(EnrollError::Token(TokenRejection::Unknown));
+        };
+        if let Some(r) = record.rejection(now.unix_timestamp()) {
+            return Err(EnrollError::Token(r));
+        }
+        Ok(PendingEnroll {
+            secret_sha256,
+            spiffe_id: record.spiffe_id,
+            minter: self.minter(),
+            now,
+        })
+    }
+}
+
+/// An enrollment whose token was usable when read: signs the CSR (no I/O, no lock).
+#[derive(Debug)]
+pub(crate) struct PendingEnroll {
+    secret_sha256: String,
+    spiffe_id: SpiffeId,
+    minter: Minter,
+    now: OffsetDateTime,
+}
+
+impl PendingEnroll {
+    /// Checks the CSR against the token's SPIFFE ID and signs it: the write that spends the
+    /// token and records the certificate (or, for a CSR that fails, spends the token all the
+    /// same), and the certificate, which may be handed out once that write has committed.
+    pub(crate) fn mint(self, csr_der: &[u8]) -> (IssuanceWrite, Option<IssuedSvid>) {
+        let minted = self.minter.mint(csr_der, &self.spiffe_id, self.now);
+        let (issued, minted) = match minted {
+            Ok(svid) => (Ok(svid.record.clone()), Some(svid)),
+            Err(e) => (Err(e), None),
+        };
+        let write = IssuanceWrite::Enroll {
+            secret_sha256: self.secret_sha256,
+            now: self.now.unix_timestamp(),
+            issued,
+        };
+        (write, minted)
+    }
+}
+
+/// The answer to an enrollment once its write has committed.
+pub(crate) fn finish_enroll(
+    outcome: IssuanceOutcome,
+    minted: Option<IssuedSvid>,
+) -> Result<(TokenRecord, IssuedSvid), EnrollError> {
+    match outcome {
+        IssuanceOutcome::Enroll(EnrollOutcome::Issued(t, cert)) => {
+            let issued = minted
+                .filter(|m| m.record == cert)
+                .ok_or(CaError::Internal("issuance produced no certificate"))?;
+            Ok((t, issued))
+        }
+        IssuanceOutcome::Enroll(EnrollOutcome::Rejected(r)) => Err(EnrollError::Token(r)),
+        IssuanceOutcome::Enroll(EnrollOutcome::Failed(t, e)) => {
+            Err(EnrollError::Spent(Box::new((t, e))))
+        }
+        IssuanceOutcome::Renew { .. } => {
+            Err(CaError::Internal("an enrollment came back as a renewal").into())
         }
     }
 }

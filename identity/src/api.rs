@@ -113,6 +113,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The CA failed; nothing about the caller.
     Internal,
+    /// The CA is overloaded (its datastore's queue is full); retry later. Nothing was spent.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -127,6 +129,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
             Self::Internal => 500,
+            Self::Unavailable => 503,
         }
     }
 }

@@ -22,7 +22,9 @@ use time::OffsetDateTime;
 use super::State;
 use crate::authority::IssuedSvid;
 use crate::error::CaError;
-use crate::tokens::EnrollError;
+use crate::revocation::finish_renew;
+use crate::store::TokenRecord;
+use crate::tokens::{EnrollError, finish_enroll};
 
 /// Who is on the other end of a connection: its address and, after mTLS, its SVID as the
 /// handshake verified it.
@@ -68,6 +70,7 @@ impl ApiError {
         match e {
             CaError::BadCsr { .. } => Self::new(ErrorCode::CsrRejected, e.to_string()),
             CaError::Revoked(_) => Self::new(ErrorCode::Forbidden, e.to_string()),
+            CaError::Overloaded { .. } => Self::new(ErrorCode::Unavailable, e.to_string()),
             CaError::PeerRejected(_) => Self::new(ErrorCode::Unauthenticated, e.to_string()),
             CaError::ReservedId(_) | CaError::ForeignTrustDomain(..) | CaError::InvalidId(_) => {
                 Self::new(ErrorCode::Forbidden, e.to_string())
@@ -160,12 +163,7 @@ async fn enroll(
     // Said to the client instead of the DER parser's complaint about no bytes at all.
     let not_pem = csr.as_ref().err().map(|e| e.message.clone());
     let now = OffsetDateTime::now_utc();
-    let result = with_ca(state, move |ca| {
-        // A CSR that is not even PEM still spends a valid token, like any other bad CSR.
-        let csr = csr.unwrap_or_default();
-        ca.enroll(&token, &csr, now)
-    })
-    .await?;
+    let result = enroll_svid(state, token, csr, now).await?;
     let (st, p) = (state.clone(), peer.clone());
     match result {
         Ok((token, issued)) => {
@@ -217,8 +215,7 @@ async fn renew(
     let request: RenewRequest = read_json(req, state.body_timeout).await?;
     let csr = csr_der(&request.csr)?;
     let now = OffsetDateTime::now_utc();
-    let chain = svid.chain.clone();
-    let result = with_ca(state, move |ca| ca.renew(&chain, &csr, now)).await?;
+    let result = renew_svid(state, &svid, csr, now).await?;
     match result {
         Ok(issued) => {
             super::metrics::Metrics::outcome(&state.metrics.renewals, "issued");
@@ -236,6 +233,67 @@ async fn renew(
             Err(api)
         }
     }
+}
+
+/// An enrollment in three steps: a read under the CA's lock (is the token usable?), the CSR
+/// check and the signature on the blocking pool without the lock, and the write that spends
+/// the token and records the certificate, committed with the others in flight. The token is
+/// checked again inside that transaction, so of two uses of a single-use token exactly one
+/// gets a certificate, in one batch or in two.
+async fn enroll_svid(
+    state: &Arc<State>,
+    token: BootstrapToken,
+    csr: Result<Vec<u8>, ApiError>,
+    now: OffsetDateTime,
+) -> Result<Result<(TokenRecord, IssuedSvid), EnrollError>, ApiError> {
+    let pending = match with_ca(state, move |ca| ca.start_enroll(&token, now)).await? {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    // A CSR that is not even PEM still spends a valid token, like any other bad CSR.
+    let (write, minted) = blocking(move || pending.mint(&csr.unwrap_or_default())).await?;
+    Ok(match state.commit.commit(write).await {
+        Ok(outcome) => finish_enroll(outcome, minted),
+        Err(e) => Err(EnrollError::Ca(e)),
+    })
+}
+
+/// A renewal in the same three steps. The read refuses a revoked caller before any signing
+/// work; the write checks revocation again, in the transaction that records the renewal.
+async fn renew_svid(
+    state: &Arc<State>,
+    svid: &PeerSvid,
+    csr: Vec<u8>,
+    now: OffsetDateTime,
+) -> Result<Result<IssuedSvid, CaError>, ApiError> {
+    // The serial the handshake read from the same leaf the renewal verifies again below.
+    let serial = svid.serial.clone();
+    let pending = with_ca(state, move |ca| {
+        if ca.is_revoked(&serial)? {
+            return Err(CaError::Revoked(serial.to_string()));
+        }
+        ca.start_renew()
+    })
+    .await?;
+    let pending = match pending {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let chain = svid.chain.clone();
+    let minted = blocking(move || {
+        let peer = pending.verify_peer(&chain, now)?;
+        let (write, minted) = pending.mint(&chain, &peer, &csr, now)?;
+        Ok::<_, CaError>((write, minted, peer.serial))
+    })
+    .await?;
+    let (write, minted, from) = match minted {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(match state.commit.commit(write).await {
+        Ok(outcome) => finish_renew(outcome, minted, &from),
+        Err(e) => Err(e),
+    })
 }
 
 async fn svid_response(

@@ -34,6 +34,10 @@ pub(crate) struct Metrics {
     pub intermediate_expiry: Gauge,
     pub own_svid_expiry: Gauge,
     pub bundle_sequence: Gauge,
+    /// Group commits of issuances, and the writes they carried: writes over commits is the
+    /// average batch.
+    pub store_commits: Counter,
+    pub store_commit_writes: Counter,
 }
 
 impl Metrics {
@@ -79,6 +83,16 @@ impl Metrics {
             "own_svid_expiry_seconds",
             "notAfter of the CA's own TLS SVID, unix seconds",
             self.own_svid_expiry.clone(),
+        );
+        r.register(
+            "store_commits",
+            "Datastore transactions (each one sync to disk) that committed issuances",
+            self.store_commits.clone(),
+        );
+        r.register(
+            "store_commit_writes",
+            "Issuance writes (enrollments, renewals) committed in those transactions",
+            self.store_commit_writes.clone(),
         );
         r.register(
             "bundle_sequence",

@@ -33,6 +33,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::audit_log::CaAudit;
 use crate::authority::{Authority, IssuedSvid};
 use crate::error::CaError;
+use crate::group_commit::{self, GroupCommit};
+use crate::sqlite::{DB_FILE, SqliteStore};
 use crate::store::TokenRecord;
 use handler::{Peer, PeerSvid};
 use metrics::Metrics;
@@ -108,6 +110,8 @@ impl RunningServer {
 /// Shared by every connection.
 pub(crate) struct State {
     authority: Arc<Mutex<Authority>>,
+    /// Where enrollments and renewals commit: one transaction, one sync, for all in flight.
+    commit: GroupCommit,
     audit: CaAudit,
     metrics: Metrics,
     enroll_limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -174,12 +178,28 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
 
     let served_bundle = RwLock::new(Arc::new(ServedBundle::of(&ca.bundle()?)?));
     let metrics = Metrics::default();
+    // Issuance writes go through their own connection and thread (group commit); the
+    // authority's connection keeps the reads and the maintenance writes.
+    let (commits, writes) = (
+        metrics.store_commits.clone(),
+        metrics.store_commit_writes.clone(),
+    );
+    let commit = GroupCommit::spawn(
+        SqliteStore::open(&dir.join(DB_FILE))?,
+        group_commit::QUEUE,
+        group_commit::MAX_BATCH,
+        Box::new(move |n| {
+            commits.inc();
+            writes.inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }),
+    )?;
     metrics.own_svid_expiry.set(own.record.not_after);
     metrics
         .bundle_sequence
         .set(i64::try_from(ca.bundle()?.sequence).unwrap_or(i64::MAX));
     let state = Arc::new(State {
         authority: Arc::new(Mutex::new(ca)),
+        commit,
         audit,
         metrics,
         enroll_limiter: RateLimiter::keyed(

@@ -1,0 +1,391 @@
+//! Enrollment and renewal throughput of the CA server (not shipped), beside the raw ECDSA P-256
+//! sign and verify rates of ring on the same machine, so the distance to the CPU bound shows.
+//!
+//!     cargo run --release -p meshgate-ca --example enroll_load -- \
+//!         --clients N --enrollments N --renewals N [--key-type ecdsa-p256|ecdsa-p384|ed25519] \
+//!         [--dir DIR] [--client-dir DIR]
+//!
+//! It makes a CA (`--key-type`, default ecdsa-p256, for the CA and the clients' keys) in a
+//! temporary directory under `--dir` (default the cargo target directory: a real disk, so the
+//! datastore's fsyncs cost what they cost), starts the server `ca serve` runs, in-process, on
+//! 127.0.0.1:0 with its per-address rate limits and connection caps raised through their
+//! settings, and creates one single-use token per enrollment through the CA's token API (each a
+//! durable write, done before the clock starts). Then `--clients` concurrent clients enroll, each
+//! enrollment with a new key, a CSR and its own token, over TLS 1.3 through the agent's own
+//! client (`Agent::enroll`, what `gateway run` and `svid fetch` do: the answer's chain, ID and key
+//! are checked), and then renew over mTLS with the SVIDs obtained (`Agent::renew`, a fresh key
+//! each time). The agents' state directories go under `--client-dir` (default `/dev/shm` when it
+//! exists): a real agent keeps its state on its own machine, so its fsyncs are not the CA's.
+//!
+//! Stdout gets exactly one JSON line:
+//! `{"enroll_per_sec", "renew_per_sec", "enrollments", "renewals", "errors", "clients",
+//! "ecdsa_p256_sign_per_sec", "ecdsa_p256_verify_per_sec"}`: rates count successes only, over the
+//! wall time of their phase; a failed request is an error, never throughput. The raw rates are
+//! ring's `ECDSA_P256_SHA256_ASN1` signing and verifying a 300-byte message in a loop for about
+//! a second each, on one thread; the CA server (and the clients, which share the machine) use
+//! every core, so the machine's bound is about these rates times the number of cores. Progress
+//! and the process's CPU time per operation (clients and server together) go to stderr.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use meshgate_ca::Authority;
+use meshgate_ca::server::{ServeConfig, start};
+use meshgate_gateway::Agent;
+use meshgate_identity::api::BootstrapToken;
+use meshgate_identity::{SpiffeId, TrustDomain};
+use ring::rand::SystemRandom;
+use ring::signature::{
+    self, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
+};
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const USAGE: &str = "usage: enroll_load --clients N --enrollments N --renewals N \
+     [--key-type ecdsa-p256|ecdsa-p384|ed25519] [--dir DIR] [--client-dir DIR]";
+const TRUST_DOMAIN: &str = "load.example";
+/// Errors printed in full; the rest are only counted.
+const SHOWN_ERRORS: usize = 5;
+
+fn main() -> Result<(), Error> {
+    let args = Args::parse(std::env::args().skip(1))?;
+    eprintln!(
+        "enroll_load: {} clients, {} enrollments, {} renewals, {} keys",
+        args.clients,
+        args.enrollments,
+        args.renewals,
+        args.ca_key.name()
+    );
+    let (sign, verify) = raw_ecdsa_rates()?;
+    eprintln!(
+        "ring ECDSA P-256 on one thread: {sign:.0} signs/s, {verify:.0} verifies/s ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let load = rt.block_on(run(&args))?;
+    let line = serde_json::json!({
+        "enroll_per_sec": round(load.enroll_per_sec),
+        "renew_per_sec": round(load.renew_per_sec),
+        "enrollments": load.enrollments,
+        "renewals": load.renewals,
+        "errors": load.errors,
+        "clients": args.clients,
+        "ecdsa_p256_sign_per_sec": round(sign),
+        "ecdsa_p256_verify_per_sec": round(verify),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+struct Args {
+    clients: usize,
+    enrollments: usize,
+    renewals: usize,
+    ca_key: meshgate_ca::KeyType,
+    agent_key: meshgate_gateway::KeyType,
+    dir: PathBuf,
+    client_dir: PathBuf,
+}
+
+impl Args {
+    fn parse(mut it: impl Iterator<Item = String>) -> Result<Self, Error> {
+        let (mut clients, mut enrollments, mut renewals) = (None, None, None);
+        let mut key = "ecdsa-p256".to_owned();
+        let mut dir = None;
+        let mut client_dir = None;
+        while let Some(flag) = it.next() {
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))?;
+            let count = || {
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("{flag} {value:?}: expected a whole number; {USAGE}"))
+            };
+            match flag.as_str() {
+                "--clients" => clients = Some(count()?),
+                "--enrollments" => enrollments = Some(count()?),
+                "--renewals" => renewals = Some(count()?),
+                "--key-type" => key = value,
+                "--dir" => dir = Some(PathBuf::from(value)),
+                "--client-dir" => client_dir = Some(PathBuf::from(value)),
+                _ => return Err(format!("unknown argument {flag:?}; {USAGE}").into()),
+            }
+        }
+        let (Some(clients), Some(enrollments), Some(renewals)) = (clients, enrollments, renewals)
+        else {
+            return Err(USAGE.into());
+        };
+        if clients == 0 || enrollments == 0 {
+            return Err(format!("--clients and --enrollments must be at least 1; {USAGE}").into());
+        }
+        let bad_key = || format!("--key-type {key:?}: expected ecdsa-p256, ecdsa-p384 or ed25519");
+        let ca_key = meshgate_ca::KeyType::parse(&key).ok_or_else(bad_key)?;
+        let agent_key = meshgate_gateway::KeyType::parse(&key).ok_or_else(bad_key)?;
+        let dir = dir.unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        });
+        let shm = Path::new("/dev/shm");
+        let client_dir = client_dir.unwrap_or_else(|| {
+            if shm.is_dir() {
+                shm.to_owned()
+            } else {
+                std::env::temp_dir()
+            }
+        });
+        Ok(Self {
+            clients,
+            enrollments,
+            renewals,
+            ca_key,
+            agent_key,
+            dir,
+            client_dir,
+        })
+    }
+}
+
+struct Load {
+    enroll_per_sec: f64,
+    renew_per_sec: f64,
+    enrollments: usize,
+    renewals: usize,
+    errors: usize,
+}
+
+async fn run(args: &Args) -> Result<Load, Error> {
+    std::fs::create_dir_all(&args.dir)?;
+    let work = tempfile::tempdir_in(&args.dir)?;
+    let states = tempfile::tempdir_in(&args.client_dir)?;
+    let ca_dir = work.path().join("ca");
+    let td = TrustDomain::parse(TRUST_DOMAIN)?;
+    Authority::init(&ca_dir, td, args.ca_key, OffsetDateTime::now_utc())?;
+
+    let unlimited = NonZeroU32::MAX;
+    let cfg = ServeConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin: ([127, 0, 0, 1], 0).into(),
+        // Every client is on 127.0.0.1: the per-address limits are raised for the run, through
+        // the settings `ca serve --enroll-rate/--enroll-burst/--sign-rate/--sign-burst
+        // --max-connections/--max-connections-per-ip` set.
+        // A connection keeps its slot until the server sees it close, a moment after the client
+        // moved on: room for several per client.
+        max_connections: (args.clients * 4).max(1024),
+        max_connections_per_ip: (args.clients * 4).max(1024),
+        enroll_per_second: unlimited,
+        enroll_burst: unlimited,
+        sign_per_second: unlimited,
+        sign_burst: unlimited,
+        ..ServeConfig::default()
+    };
+    let server = start(&ca_dir, cfg).await?;
+    let url = format!("https://{}", server.addr);
+    // Printed so the CLI (`meshgate ca revoke --dir`, `ca token revoke --dir`) can be run against
+    // the CA while it is under load; the directory is removed when the run ends.
+    eprintln!(
+        "CA serving on {url} from {}; creating {} tokens",
+        ca_dir.display(),
+        args.enrollments
+    );
+
+    // As `ca token create` does: another handle on the same datastore, one durable write each.
+    let tokens = {
+        let (ca_dir, n) = (ca_dir.clone(), args.enrollments);
+        tokio::task::spawn_blocking(move || create_tokens(&ca_dir, &url, n)).await??
+    };
+    let tokens = Arc::new(tokens);
+
+    eprintln!("enrolling");
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for client in 0..args.clients {
+        let (tokens, next) = (tokens.clone(), next.clone());
+        let (base, key) = (states.path().to_owned(), args.agent_key);
+        tasks.spawn(async move {
+            let mut agents = Vec::new();
+            let mut errors = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(token) = tokens.get(i) else { break };
+                match Agent::enroll(token, &base.join(format!("c{client}-e{i}")), key).await {
+                    Ok(agent) if agent.spiffe_id() == &token.claims().spiffe_id => {
+                        agents.push(agent);
+                    }
+                    Ok(agent) => errors.push(format!(
+                        "enrollment {i}: an SVID for {}, not {}",
+                        agent.spiffe_id(),
+                        token.claims().spiffe_id
+                    )),
+                    Err(e) => errors.push(format!("enrollment {i}: {e}")),
+                }
+            }
+            (agents, errors)
+        });
+    }
+    let mut per_client = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (agents, errs) = done?;
+        per_client.push(agents);
+        errors.extend(errs);
+    }
+    let enroll_secs = started.elapsed().as_secs_f64();
+    let enroll_cpu = cpu_seconds() - cpu;
+    let enrolled: usize = per_client.iter().map(Vec::len).sum();
+    report("enrollments", enrolled, enroll_secs, enroll_cpu, &errors);
+
+    eprintln!("renewing");
+    let renew_errors_before = errors.len();
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for mut agents in per_client.into_iter().filter(|a| !a.is_empty()) {
+        let (next, total) = (next.clone(), args.renewals);
+        tasks.spawn(async move {
+            let (mut renewed, mut errors) = (0usize, Vec::new());
+            let mut k = 0usize;
+            loop {
+                let j = next.fetch_add(1, Ordering::Relaxed);
+                if j >= total {
+                    break;
+                }
+                let count = agents.len();
+                let Some(agent) = agents.get_mut(k % count) else {
+                    break;
+                };
+                k += 1;
+                let before = agent.svid().info.serial.clone();
+                match agent.renew().await {
+                    Ok(()) if agent.svid().info.serial != before => renewed += 1,
+                    Ok(()) => errors.push(format!("renewal {j}: the serial did not change")),
+                    Err(e) => errors.push(format!("renewal {j}: {e}")),
+                }
+            }
+            (renewed, errors)
+        });
+    }
+    let mut renewed = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (n, errs) = done?;
+        renewed += n;
+        errors.extend(errs);
+    }
+    let renew_secs = started.elapsed().as_secs_f64();
+    let renew_cpu = cpu_seconds() - cpu;
+    let renew_errors = errors.get(renew_errors_before..).unwrap_or_default();
+    report("renewals", renewed, renew_secs, renew_cpu, renew_errors);
+    // Renewals were asked for but no enrollment succeeded: each counts as an error.
+    let unattempted = if enrolled == 0 { args.renewals } else { 0 };
+
+    server.shutdown().await;
+    Ok(Load {
+        enroll_per_sec: rate(enrolled, enroll_secs),
+        renew_per_sec: rate(renewed, renew_secs),
+        enrollments: enrolled,
+        renewals: renewed,
+        errors: errors.len() + unattempted,
+    })
+}
+
+/// `n` single-use tokens for distinct workload IDs, each written durably.
+fn create_tokens(ca_dir: &Path, url: &str, n: usize) -> Result<Vec<BootstrapToken>, Error> {
+    let mut ca = Authority::open(ca_dir)?;
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}/ns/load/sa/w{i}"))?;
+        let now = OffsetDateTime::now_utc();
+        let ttl = Duration::from_secs(3600);
+        let (token, _) = ca.create_token(&id, ttl, 1, "enroll_load", url, now)?;
+        out.push(token);
+    }
+    eprintln!("{n} tokens in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+fn report(what: &str, ok: usize, secs: f64, cpu: f64, errors: &[String]) {
+    eprintln!(
+        "{what}: {ok} in {secs:.2} s = {:.0}/s; {} errors; process CPU {:.0} µs each ({:.2} cores busy)",
+        rate(ok, secs),
+        errors.len(),
+        if ok == 0 { 0.0 } else { cpu * 1e6 / ok as f64 },
+        if secs > 0.0 { cpu / secs } else { 0.0 },
+    );
+    for e in errors.iter().take(SHOWN_ERRORS) {
+        eprintln!("  error: {e}");
+    }
+}
+
+/// ring's raw ECDSA P-256 rates on this thread: signs and verifies per second of a 300-byte
+/// message, each measured for about a second.
+fn raw_ecdsa_rates() -> Result<(f64, f64), Error> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| "ring could not generate a P-256 key")?;
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|_| "ring could not load its own P-256 key")?;
+    let message = [0x5a_u8; 300];
+    let sig = key
+        .sign(&rng, &message)
+        .map_err(|_| "ring could not sign")?;
+    let public = signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.public_key());
+
+    let sign = per_second(|| key.sign(&rng, &message).is_ok())?;
+    let verify = per_second(|| public.verify(&message, sig.as_ref()).is_ok())?;
+    Ok((sign, verify))
+}
+
+/// Runs `op` in a loop for about a second; operations per second. Every run must succeed.
+fn per_second(mut op: impl FnMut() -> bool) -> Result<f64, Error> {
+    const CHUNK: u32 = 64;
+    let started = Instant::now();
+    let mut done = 0u64;
+    while started.elapsed() < Duration::from_secs(1) {
+        for _ in 0..CHUNK {
+            if !op() {
+                return Err("a raw ECDSA operation failed".into());
+            }
+        }
+        done += u64::from(CHUNK);
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// CPU time (user + system) of this process so far, in seconds; 0 where /proc is missing.
+fn cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second on Linux).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(after_name) = stat.rsplit(')').next() else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After the name, the state is field 3: utime (14) and stime (15) are at 11 and 12.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
