@@ -52,31 +52,30 @@ cleanup() {
 trap cleanup EXIT
 
 USED=" "
+# Sets the variable named $1 to a free port of 127.0.0.1 (not one given out before).
 free_port() {
   local p
   for p in $(shuf -i 20000-60000 -n 200); do
     [[ $USED == *" $p "* ]] && continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       USED+="$p "
-      echo "$p"
+      printf -v "$1" '%s' "$p"
       return
     fi
   done
   die "no free port on 127.0.0.1"
 }
-CA_PORT=$(free_port)
-CA_ADMIN=$(free_port)
-GW_PORT=$(free_port)
-GW_ADMIN=$(free_port)
-UP_PORT=$(free_port)
+for v in CA_PORT CA_ADMIN GW_PORT GW_ADMIN UP_PORT; do free_port "$v"; done
 
-wait_ready() { # url what
-  local deadline=$((SECONDS + 60))
+# Waits (at most 120 s) for URL to answer 200 while the process with pid $3 runs.
+wait_ready() { # url what pid
+  local deadline=$((SECONDS + 120))
   until curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; do
-    ((SECONDS < deadline)) || {
-      tail -20 "$WORK"/*.log >&2 || true
-      die "$2 was not ready within 60 s"
-    }
+    if ! kill -0 "$3" 2>/dev/null || ((SECONDS >= deadline)); then
+      tail -n 20 "$WORK"/*.log >&2 || true
+      kill -0 "$3" 2>/dev/null || die "$2 exited before it was ready (its log is above)"
+      die "$2 was not ready within 120 s (its log is above)"
+    fi
     sleep 0.2
   done
 }
@@ -85,7 +84,7 @@ wait_ready() { # url what
 "$BIN" ca serve --dir "$WORK/ca" --listen "127.0.0.1:$CA_PORT" --admin "127.0.0.1:$CA_ADMIN" \
   >"$WORK/ca.log" 2>&1 &
 PIDS+=($!)
-wait_ready "http://127.0.0.1:$CA_ADMIN/healthz" "the CA"
+wait_ready "http://127.0.0.1:$CA_ADMIN/healthz" "the CA" "${PIDS[-1]}"
 
 mkdir -p "$WORK/gw"
 cat >"$WORK/gw/policy.toml" <<EOF
@@ -114,7 +113,7 @@ EOF
 "$BIN" gateway run --config "$WORK/gw/gateway.toml" --bootstrap-token-file "$WORK/gw/token" \
   >"$WORK/gw.log" 2>&1 &
 PIDS+=($!)
-wait_ready "http://127.0.0.1:$GW_ADMIN/readyz" "the gateway"
+wait_ready "http://127.0.0.1:$GW_ADMIN/readyz" "the gateway" "${PIDS[-1]}"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
