@@ -13,13 +13,11 @@
 mod support;
 
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::ca_client::CaHarness;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use support::plain::{free_port, get, ok_service as service};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
 const ID: &str = "spiffe://bank.example/ns/payments/sa/api";
@@ -142,51 +140,4 @@ listen = "{admin}"
     assert_eq!(out["status"], 200);
     // The token is in no log line.
     assert!(!stderr.contains(&token.reveal()));
-}
-
-/// A loopback port free at the time of asking.
-fn free_port() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// One HTTP/1.1 GET on a new connection: the whole answer as text, or None if nothing listens.
-async fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut tcp = TcpStream::connect(addr).await.ok()?;
-    let head = format!("GET {path} HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    Some(String::from_utf8_lossy(&answer).into_owned())
-}
-
-/// The local service: `200 ok` to anything.
-async fn service() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
-        }
-    });
-    addr
 }

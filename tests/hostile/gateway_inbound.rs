@@ -5,7 +5,7 @@
 //! with a valid SVID. After each, a well-behaved peer's request still gets a 200, and the
 //! gateway's stderr never shows a panic.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +17,6 @@ use rustls::ClientConfig;
 use rustls::client::ResolvesClientCert;
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
 
 use super::common::BIN;
 use super::wire::{
@@ -26,6 +24,7 @@ use super::wire::{
     tls12_client_hello,
 };
 use crate::support::ca_client::{CaHarness, Response, send};
+use crate::support::plain::{free_port, get as admin_get, ok_service as service};
 
 const PAYMENTS: &str = "spiffe://bank.example/ns/payments/sa/api";
 const SHOP: &str = "spiffe://bank.example/ns/shop/sa/checkout";
@@ -264,51 +263,4 @@ async fn malformed_http_from_a_peer_with_a_valid_svid_is_answered_by_the_gateway
         assert_eq!(r.status, expected[i], "case {i}: {}", r.text());
     }
     s.assert_serving().await;
-}
-
-/// A loopback port free at the time of asking.
-fn free_port() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// One plain HTTP/1.1 GET on the admin listener: the whole answer, or None if nothing listens.
-async fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut tcp = TcpStream::connect(addr).await.ok()?;
-    let head = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    Some(String::from_utf8_lossy(&answer).into_owned())
-}
-
-/// The local service: `200 ok` to anything.
-async fn service() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
-        }
-    });
-    addr
 }

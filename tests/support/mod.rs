@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::expect_used)] // test code
 
 pub mod ca_client;
+pub mod plain;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
