@@ -52,12 +52,18 @@ cleanup() {
 trap cleanup EXIT
 
 USED=" "
-# Sets the variable named $1 to a free port of 127.0.0.1 (not one given out before).
+# Ports are taken below the kernel's ephemeral range, where a client connection's own local
+# port (which no connect test sees) cannot make a server's bind fail.
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+((EPHEMERAL_LOW > 12000)) || die "the ephemeral port range starts at $EPHEMERAL_LOW; need room below it"
+# Sets the variable named $1 to a free port of 127.0.0.1 (not one given out before): nothing
+# listens on it and it can be bound.
 free_port() {
   local p
-  for p in $(shuf -i 20000-60000 -n 200); do
+  for p in $(shuf -i "10000-$((EPHEMERAL_LOW - 1))" -n 200); do
     [[ $USED == *" $p "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
+      python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$p" 2>/dev/null; then
       USED+="$p "
       printf -v "$1" '%s' "$p"
       return
