@@ -372,6 +372,11 @@ for p in "${PATHS[@]}"; do
 done
 sed 's/\x1b\[[0-9;]*m//g' "$WORK/gw-payments.log" | grep 'decision[":= ]*allow' >/dev/null ||
   die "the payments gateway logged no allow decision; its log: $(tail -n 5 "$WORK/gw-payments.log")"
+# nginx writes its access log in batches (buffer=64k flush=1s, as the gateways batch theirs).
+for _ in $(seq 1 30); do
+  grep -q 'client_verify=SUCCESS' "$WORK/nginx-server/access.log" 2>/dev/null && break
+  sleep 0.2
+done
 grep -q 'client_verify=SUCCESS' "$WORK/nginx-server/access.log" || die "the nginx server sidecar saw no verified client certificate"
 grep -q 'client_cert=1 verify=0' "$WORK/haproxy-server.log" || die "the HAProxy server sidecar saw no verified client certificate"
 denied=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$SHOP_OUT/other" || true)

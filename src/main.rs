@@ -26,8 +26,8 @@ macro_rules! print {
 
 mod cmd;
 mod exit;
+mod logging;
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(cli.log_format);
+    logging::init(cli.log_format);
     let result = match cli.command {
         Command::Ca(c) => cmd::ca::run(c),
         Command::Svid(c) => cmd::svid::run(c),
@@ -101,27 +101,6 @@ fn main() -> ExitCode {
         Command::Audit(c) => cmd::audit::run(c),
         Command::Demo => cmd::demo::run(),
     };
+    logging::flush();
     exit::finish(result)
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,meshgate::access=info"));
-    // Colours only for a person at a terminal (and never under NO_COLOR): files and journald
-    // get plain lines.
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        // Fields at the top level (not under "fields"), so a pipeline reads `peer`, `status`,
-        // `decision`, `rule` and `duration_ms` of an access-log line directly.
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-    }
 }

@@ -14,6 +14,19 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` except its `trailers` value
 /// (which gRPC needs end to end and HTTP/2 allows).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none of them: one pass over the names (standard names
+    // compare as small integers) instead of a hash lookup per name.
+    let any = headers.keys().any(|name| {
+        name == CONNECTION
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+            || name == TE
+            || name == TRANSFER_ENCODING
+            || name == UPGRADE
+    });
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -49,14 +62,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// SANITIZE_SET: every incoming `x-forwarded-client-cert` is removed and replaced by
+/// The `x-forwarded-client-cert` value for a peer:
 /// `By=<own id>;Hash=<hex SHA-256 of the peer's leaf DER>;URI=<peer id>`. SPIFFE IDs have no
-/// character that needs quoting in this header.
-pub fn set_xfcc(headers: &mut HeaderMap, own: &SpiffeId, peer: &SpiffeId, leaf_sha256: &[u8; 32]) {
-    headers.remove(XFCC);
+/// character that needs quoting in this header. Made once per connection.
+pub fn xfcc_value(own: &SpiffeId, peer: &SpiffeId, leaf_sha256: &[u8; 32]) -> Option<HeaderValue> {
     let value = format!("By={own};Hash={};URI={peer}", hex::encode(leaf_sha256));
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(XFCC, value);
+    HeaderValue::from_str(&value).ok()
+}
+
+/// SANITIZE_SET: every incoming `x-forwarded-client-cert` is removed and replaced by `value`
+/// (see [`xfcc_value`]).
+pub fn set_xfcc(headers: &mut HeaderMap, value: Option<&HeaderValue>) {
+    headers.remove(XFCC);
+    if let Some(value) = value {
+        headers.insert(XFCC, value.clone());
     }
 }
 
@@ -89,6 +108,20 @@ mod tests {
     }
 
     #[test]
+    fn end_to_end_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [("x-a", "1"), ("x-a", "2"), ("accept", "*/*"), ("host", "h")] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        h.append(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
     fn te_without_trailers_goes() {
         let mut h = HeaderMap::new();
         h.insert(TE, HeaderValue::from_static("gzip"));
@@ -106,7 +139,7 @@ mod tests {
             HeaderValue::from_static("URI=spiffe://bank.example/ns/support/sa/x"),
         );
         h.append(XFCC, HeaderValue::from_static("By=forged"));
-        set_xfcc(&mut h, &own, &peer, &[0xab; 32]);
+        set_xfcc(&mut h, xfcc_value(&own, &peer, &[0xab; 32]).as_ref());
         let all: Vec<_> = h.get_all(XFCC).iter().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(

@@ -142,7 +142,9 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, inbound: Arc<Inbound>) {
                 activity: activity.clone(),
                 tunnels: tunnels.clone(),
             };
-            handle(inbound.clone(), context, req)
+            // Boxed: hyper moves the future of each request into its stream task; a pointer is
+            // cheaper to move than the whole request state (profiled: docs/profiles).
+            Box::pin(handle(inbound.clone(), context, req))
         })
     };
     let mut builder = http_server(limits);
@@ -417,12 +419,7 @@ async fn forward(
     let client_upgrade = opening.map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    set_xfcc(
-        &mut parts.headers,
-        &inbound.shared.own_id,
-        &peer.id,
-        &peer.sha256,
-    );
+    set_xfcc(&mut parts.headers, peer.xfcc.as_ref());
     // The service routes on exactly the host the policy saw: no other `Host` survives.
     parts.headers.remove(HOST);
     if let Some(h) = host {
@@ -438,7 +435,8 @@ async fn forward(
     if let (Some(opening), Some(client)) = (opening, client_upgrade) {
         let target = format!("{path}{query}");
         let limits = &inbound.shared.limits;
-        return upgrade::to_upstream(
+        // Boxed: the upgrade's state is large and rare; inline, every request would carry it.
+        return Box::pin(upgrade::to_upstream(
             &inbound.upstream,
             limits,
             parts,
@@ -447,7 +445,7 @@ async fn forward(
             client,
             &context.tunnels,
             &context.activity,
-        )
+        ))
         .await;
     }
     let uri = format!("http://{}{path}{query}", inbound.upstream.authority);

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hyper::header::HeaderValue;
 use meshgate_identity::SpiffeId;
 use meshgate_identity::api::RevocationList;
 use meshgate_identity::svid::{Serial, check_leaf};
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::headers::xfcc_value;
 use crate::listen::{Shared, handshake_detail, handshake_reason, is_revoked};
 
 /// The authenticated peer of a connection, read once from its verified leaf.
@@ -27,6 +29,8 @@ pub(crate) struct Peer {
     /// `id` as the `peer` label of the request metrics, made once per connection so that
     /// counting a request clones a pointer, not the ID.
     pub label: Arc<String>,
+    /// The `x-forwarded-client-cert` value the inbound side sets on this peer's requests.
+    pub xfcc: Option<HeaderValue>,
 }
 
 /// A connection whose peer passed the handshake and is not revoked.
@@ -84,6 +88,7 @@ pub(crate) async fn accept(
     };
     let peer = Arc::new(Peer {
         label: Arc::new(info.spiffe_id.to_string()),
+        xfcc: xfcc_value(&shared.own_id, &info.spiffe_id, &info.sha256),
         id: info.spiffe_id,
         addr,
         serial: info.serial,

@@ -42,7 +42,7 @@ EOF2
 nginx_client_conf() {
   nginx_head "$1" 1 4096
   cat <<EOF2
-  access_log $1/access.log;
+  access_log $1/access.log buffer=64k flush=1s;
   upstream server_sidecar {
     server 127.0.0.1:$3;
     keepalive 1024;
@@ -76,7 +76,7 @@ nginx_server_conf() {
   nginx_head "$1" 1 "$4"
   cat <<EOF2
   log_format mtls '\$remote_addr "\$request" \$status client_verify=\$ssl_client_verify';
-  access_log $1/access.log mtls;
+  access_log $1/access.log mtls buffer=64k flush=1s;
   upstream app {
     server 127.0.0.1:$3;
     keepalive 1024;

@@ -84,10 +84,20 @@ fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, None) => None,
     };
     let has_token = token.is_some();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
-    }
+    // One worker is a single-threaded runtime, as nginx's or HAProxy's one worker: no work
+    // stealing, no wakeups of other threads.
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    // Access-log lines are written in batches, whenever the runtime runs out of work.
+    crate::logging::enable_batching();
+    builder.on_thread_park(crate::logging::flush);
     let runtime = builder.enable_all().build()?;
     runtime
         .block_on(meshgate_gateway::run(config, token, shutdown_signal()))
