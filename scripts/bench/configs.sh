@@ -42,7 +42,7 @@ EOF2
 nginx_client_conf() {
   nginx_head "$1" 1 4096
   cat <<EOF2
-  access_log $1/access.log buffer=64k flush=1s;
+  access_log $1/access.log combined buffer=64k flush=1s;
   upstream server_sidecar {
     server 127.0.0.1:$3;
     keepalive 1024;
