@@ -142,7 +142,8 @@ impl Outbound {
             .keep_alive_timeout(std::time::Duration::from_secs(10))
             // Boxed: hyper's HTTP/2 client spawns two small futures per request whose type is
             // an enum that can also hold the whole connection, I/O included; with the TLS
-            // stream behind a pointer each spawn copies ~1 KiB less (profiled: docs/profiles).
+            // stream behind a pointer each spawn copies less (about 1,000 fewer instructions
+            // per request under callgrind; docs/profiles).
             .handshake(TokioIo::new(Box::pin(tls)))
             .await
             .map_err(|e| {
