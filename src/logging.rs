@@ -3,11 +3,12 @@
 //! A line written on its own costs a `write(2)` per request, one of the five or so system calls
 //! a gateway makes per request it forwards. Access-log lines (target `meshgate::access`) are therefore gathered in
 //! memory while the gateway is busy and written together when its runtime has nothing left to do
-//! (tokio's `on_thread_park`), when 64 KiB have gathered, before any other log line (so the order
-//! on stderr is the order of the events), and at exit. An idle gateway writes a request's line as
-//! soon as the request is done, as before; a busy one writes one batch per burst of work. Lines
-//! not yet written are lost only if the process is killed in the middle of a burst (SIGKILL, an
-//! abort), as with Envoy's buffered access log, which flushes every 10 s by default.
+//! (tokio's `on_thread_park`), every second in any case, when 64 KiB have gathered, before any
+//! other log line (so the order on stderr is the order of the events), before a panic's message,
+//! and at exit. An idle gateway writes a request's line as soon as the request is done, as
+//! before; a busy one writes one batch per burst of work. Lines not yet written are lost only if
+//! the process is killed by a signal it does not handle (SIGKILL, SIGQUIT) or aborts, at most the
+//! last second's, as with Envoy's buffered access log (which flushes every 10 s by default).
 //!
 //! Batching is on only where a runtime calls [`flush`] when it parks (the gateway command); every
 //! other command writes each line as it comes.
@@ -57,9 +58,29 @@ pub(crate) fn init(format: LogFormat) {
 }
 
 /// Lets access-log lines wait until [`flush`]. Only for a process whose runtime calls [`flush`]
-/// whenever it parks, and [`flush`] again before it exits.
+/// whenever it parks, runs [`flush_every`], and calls [`flush`] again before it exits. A panic
+/// writes what is pending before its message.
 pub(crate) fn enable_batching() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // `try_lock`: the panic may have come while this thread held the lock.
+        if let Ok(mut pending) = PENDING.try_lock() {
+            write_out(&mut pending);
+        }
+        previous(info);
+    }));
     BATCHING.store(true, Ordering::Release);
+}
+
+/// Flushes every `period`, so that a runtime that never runs out of work (a tunnel copying at
+/// line rate on a single thread) still writes its access lines at most `period` late.
+pub(crate) async fn flush_every(period: std::time::Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        flush();
+    }
 }
 
 /// Writes the access-log lines gathered so far.
@@ -159,15 +180,20 @@ impl<T: tracing_subscriber::fmt::time::FormatTime + Clone> Text<T> {
     }
 }
 
-impl<S, N, T> tracing_subscriber::fmt::FormatEvent<S, N> for Text<T>
+// Only with the default field formatter, the one whose output the fast path reproduces.
+impl<S, T> tracing_subscriber::fmt::FormatEvent<S, tracing_subscriber::fmt::format::DefaultFields>
+    for Text<T>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
     T: tracing_subscriber::fmt::time::FormatTime,
 {
     fn format_event(
         &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        ctx: &tracing_subscriber::fmt::FmtContext<
+            '_,
+            S,
+            tracing_subscriber::fmt::format::DefaultFields,
+        >,
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
@@ -303,16 +329,20 @@ thread_local! {
 
 impl tracing_subscriber::fmt::time::FormatTime for CachedTime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let uncached = tracing_subscriber::fmt::time::SystemTime;
+        // Before 1970 or after 9999, or while this thread's locals are being torn down:
+        // tracing's own timer, whatever it writes.
+        let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+            return uncached.format_time(w);
+        };
         let secs = now.as_secs();
-        SECOND.with(|cached| {
+        let cached = SECOND.try_with(|cached| {
             let mut cached = cached.borrow_mut();
             if cached.0 != secs {
                 let text = i64::try_from(secs)
                     .ok()
                     .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                    .filter(|t| t.year() <= 9999)
                     .map(|t| {
                         format!(
                             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
@@ -323,12 +353,15 @@ impl tracing_subscriber::fmt::time::FormatTime for CachedTime {
                             t.minute(),
                             t.second()
                         )
-                    })
-                    .unwrap_or_else(|| "<unknown time>".to_owned());
+                    })?;
                 *cached = (secs, text);
             }
-            write!(w, "{}.{:06}Z", cached.1, now.subsec_micros())
-        })
+            Some(write!(w, "{}.{:06}Z", cached.1, now.subsec_micros()))
+        });
+        match cached {
+            Ok(Some(written)) => written,
+            _ => uncached.format_time(w),
+        }
     }
 }
 

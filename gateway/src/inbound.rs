@@ -258,7 +258,9 @@ async fn handle(
         direction = DIRECTION,
         peer = %peer.id,
         method = %method,
-        path = %raw_path,
+        // Quoted and escaped (Debug), as on the outbound side: a path may hold any UTF-8,
+        // C1 controls and line separators included.
+        path = raw_path.as_str(),
         status,
         decision = outcome.decision,
         rule = outcome.rule.as_deref().unwrap_or("-"),

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use meshgate_gateway::Config;
 use meshgate_identity::api::BootstrapToken;
@@ -99,6 +100,7 @@ fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
     crate::logging::enable_batching();
     builder.on_thread_park(crate::logging::flush);
     let runtime = builder.enable_all().build()?;
+    runtime.spawn(crate::logging::flush_every(Duration::from_secs(1)));
     runtime
         .block_on(meshgate_gateway::run(config, token, shutdown_signal()))
         .map_err(|e| match e {
