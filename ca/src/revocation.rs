@@ -81,13 +81,7 @@ impl Authority {
             return Err(CaError::Revoked(peer.serial.to_string()));
         }
         let (write, minted) = pending.mint(peer_chain, &peer, csr_der, now)?;
-        let outcome =
-            self.store
-                .commit_issuances(vec![write])?
-                .pop()
-                .ok_or(CaError::Internal(
-                    "the datastore left out a write's outcome",
-                ))??;
+        let outcome = self.store.commit_issuance(write)?;
         finish_renew(outcome, minted, &peer.serial)
     }
 

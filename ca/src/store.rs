@@ -250,6 +250,14 @@ pub trait Store: Send {
         &mut self,
         writes: Vec<IssuanceWrite>,
     ) -> Result<Vec<Result<IssuanceOutcome, CaError>>, CaError>;
+    /// One write on its own: [`Store::commit_issuances`] with a batch of one, its outcome.
+    fn commit_issuance(&mut self, write: IssuanceWrite) -> Result<IssuanceOutcome, CaError> {
+        self.commit_issuances(vec![write])?
+            .pop()
+            .ok_or(CaError::Internal(
+                "the datastore left out a write's outcome",
+            ))?
+    }
     /// After a [`Store::commit_issuances`] that failed or panicked: leaves the datastore able to
     /// commit the next batch (no transaction left open, a working connection), or says why not.
     fn recover_after_failed_commit(&mut self) -> Result<(), CaError> {

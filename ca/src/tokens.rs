@@ -105,13 +105,7 @@ impl Authority {
     ) -> Result<(TokenRecord, IssuedSvid), EnrollError> {
         let pending = self.start_enroll(token, now)?;
         let (write, minted) = pending.mint(csr_der);
-        let outcome =
-            self.store
-                .commit_issuances(vec![write])?
-                .pop()
-                .ok_or(CaError::Internal(
-                    "the datastore left out a write's outcome",
-                ))??;
+        let outcome = self.store.commit_issuance(write)?;
         finish_enroll(outcome, minted)
     }
 
