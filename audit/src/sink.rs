@@ -45,15 +45,47 @@ pub struct AuditSink {
     batches: Arc<AtomicU64>,
 }
 
-#[derive(Debug)]
+/// Called by the writer thread once an event is on disk (its seq) or cannot be.
+pub type Durable = Box<dyn FnOnce(Result<u64, AuditError>) + Send>;
+
+/// What [`AuditSink::try_record_then`] did with an event.
+pub enum Queued {
+    /// Queued: the callback will be called.
+    Yes,
+    /// The queue was full and nothing was queued: the event and its callback come back.
+    Full(Box<(AuditEvent, Durable)>),
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Yes => f.write_str("Yes"),
+            Self::Full(_) => f.write_str("Full"),
+        }
+    }
+}
+
 enum Msg {
     Event {
         /// Encoded on the caller's thread: the writer thread only frames and hashes it.
         body: Body,
         action: Action,
-        reply: Option<SyncSender<Result<u64, AuditError>>>,
+        reply: Option<Durable>,
     },
     Flush(SyncSender<Result<(), AuditError>>),
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Event { action, reply, .. } => f
+                .debug_struct("Event")
+                .field("action", action)
+                .field("durable", &reply.is_some())
+                .finish_non_exhaustive(),
+            Self::Flush(_) => f.write_str("Flush"),
+        }
+    }
 }
 
 impl AuditSink {
@@ -125,9 +157,49 @@ impl AuditSink {
         self.send(Msg::Event {
             body,
             action,
-            reply: Some(reply),
+            reply: Some(Box::new(move |result| {
+                let _ = reply.send(result);
+            })),
         })?;
         done.recv().map_err(|_| AuditError::Closed)?
+    }
+
+    /// Queues `event` without blocking and calls `durable` from the writer thread once the event
+    /// is on disk (with its seq) or cannot be: for callers that wait without a thread of their
+    /// own (an async task hands it a oneshot sender). With the queue full, nothing is queued and
+    /// the event and callback come back in [`Queued::Full`], for the caller to wait for room
+    /// where it may block ([`AuditSink::record_then`]).
+    pub fn try_record_then(
+        &self,
+        event: AuditEvent,
+        durable: Durable,
+    ) -> Result<Queued, AuditError> {
+        let (body, action) = (encode_body(&event)?, event.action);
+        let msg = Msg::Event {
+            body,
+            action,
+            reply: Some(durable),
+        };
+        match self.try_send(msg)? {
+            None => Ok(Queued::Yes),
+            Some(Msg::Event {
+                reply: Some(durable),
+                ..
+            }) => Ok(Queued::Full(Box::new((event, durable)))),
+            Some(_) => Err(AuditError::Internal(
+                "the audit queue gave back another message",
+            )),
+        }
+    }
+
+    /// As [`AuditSink::try_record_then`], blocking while the queue is full.
+    pub fn record_then(&self, event: AuditEvent, durable: Durable) -> Result<(), AuditError> {
+        let (body, action) = (encode_body(&event)?, event.action);
+        self.send(Msg::Event {
+            body,
+            action,
+            reply: Some(durable),
+        })
     }
 
     /// Waits until everything queued before this call is synced to disk.
@@ -146,6 +218,21 @@ impl AuditSink {
     /// Drains the queue, syncs, stops the thread, and returns the first error it met.
     pub fn shutdown(mut self) -> Result<(), AuditError> {
         self.stop()
+    }
+
+    /// Queues `msg` if there is room; gives it back when the queue is full.
+    fn try_send(&self, msg: Msg) -> Result<Option<Msg>, AuditError> {
+        if let Some(cause) = self.failed.get() {
+            return Err(AuditError::Failed {
+                cause: cause.clone(),
+            });
+        }
+        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
+        match tx.try_send(msg) {
+            Ok(()) => Ok(None),
+            Err(TrySendError::Full(msg)) => Ok(Some(msg)),
+            Err(TrySendError::Disconnected(_)) => Err(AuditError::Closed),
+        }
     }
 
     fn send(&self, msg: Msg) -> Result<(), AuditError> {
@@ -248,7 +335,7 @@ fn run(
 /// A written batch waiting for its sync, and the callers waiting for that.
 struct SyncJob {
     file: Arc<File>,
-    durable: Vec<(SyncSender<Result<u64, AuditError>>, u64)>,
+    durable: Vec<(Durable, u64)>,
     flushes: Vec<SyncSender<Result<(), AuditError>>>,
     /// The batch's encoded events, freed by the sync thread while it waits for the disk rather
     /// than by the writer thread, whose time bounds throughput.
@@ -327,7 +414,7 @@ fn write_batch(
                         // This event alone is refused (e.g. the clock is out of range).
                         tracing::error!(error = %e, ?action, "audit event not written");
                         if let Some(reply) = reply {
-                            let _ = reply.send(Err(e));
+                            reply(Err(e));
                         }
                     }
                     Err(e) => {
@@ -384,7 +471,7 @@ fn write_batch(
 /// Answers the callers waiting for a batch: its seqs, or the failure that stopped the writer.
 /// A caller that gave up waiting is gone; its reply has nowhere to go.
 fn answer(
-    durable: Vec<(SyncSender<Result<u64, AuditError>>, u64)>,
+    durable: Vec<(Durable, u64)>,
     flushes: Vec<SyncSender<Result<(), AuditError>>>,
     failure: Option<&String>,
 ) {
@@ -392,7 +479,7 @@ fn answer(
         cause: failure.cloned().unwrap_or_default(),
     };
     for (reply, seq) in durable {
-        let _ = reply.send(if failure.is_some() {
+        reply(if failure.is_some() {
             Err(error())
         } else {
             Ok(seq)
@@ -489,6 +576,68 @@ mod tests {
         assert_eq!(gap["actor"], SYSTEM_ACTOR);
         assert_eq!(gap["component"], "gateway");
         assert_eq!(gap["outcome"], "failure");
+    }
+
+    #[test]
+    fn try_record_then_calls_back_once_synced_and_gives_everything_back_when_full() {
+        use std::sync::Mutex;
+        use std::sync::mpsc::{Receiver, channel};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // As above: the writer thread waits inside its first append until the test says go.
+        let (entered_tx, entered) = channel::<()>();
+        let (go, go_rx) = channel::<()>();
+        let gate: Mutex<Option<(std::sync::mpsc::Sender<()>, Receiver<()>)>> =
+            Mutex::new(Some((entered_tx, go_rx)));
+        let clock = move || {
+            if let Some((entered, go)) = gate.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            time::OffsetDateTime::now_utc()
+        };
+        let (writer, _) = AuditWriter::open_with_clock(&path, Component::Ca, clock).unwrap();
+        let sink = AuditSink::spawn(writer, 1).unwrap();
+        let (synced_tx, synced) = channel::<(&str, Result<u64, AuditError>)>();
+        let callback = |name: &'static str| -> Durable {
+            let tx = synced_tx.clone();
+            Box::new(move |result| tx.send((name, result)).unwrap())
+        };
+        assert!(matches!(
+            sink.try_record_then(event(), callback("first")).unwrap(),
+            Queued::Yes
+        ));
+        entered.recv().unwrap();
+        assert!(matches!(
+            sink.try_record_then(event(), callback("second")).unwrap(),
+            Queued::Yes
+        ));
+        // The queue (one) is full: nothing is queued or counted, and both come back.
+        let full = sink
+            .try_record_then(event().with_reason("third"), callback("third"))
+            .unwrap();
+        let Queued::Full(back) = full else {
+            panic!("a full queue took the event: {full:?}")
+        };
+        let (third, third_done) = *back;
+        assert_eq!(third.reason.as_deref(), Some("third"));
+        // Nothing is called back before the batch is on disk.
+        assert!(synced.try_recv().is_err());
+        go.send(()).unwrap();
+        let next = |expected: &str| {
+            let (name, result) = synced.recv().unwrap();
+            assert_eq!(name, expected);
+            result.unwrap()
+        };
+        let first = next("first");
+        assert_eq!(next("second"), first + 1);
+        // What came back can still be written, where blocking for room is allowed.
+        sink.record_then(third, third_done).unwrap();
+        assert_eq!(next("third"), first + 2);
+        sink.shutdown().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\"gap\""), "nothing was dropped: {text}");
+        assert_eq!(crate::verify_file(&path).unwrap().records, 3);
     }
 
     #[test]

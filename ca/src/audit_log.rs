@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use meshgate_audit::{
-    AuditEvent, AuditSink, AuditWriter, CheckpointPolicy, CheckpointSigner, Component, LogOptions,
-    Rotation, SystemClock,
+    AuditEvent, AuditSink, AuditWriter, CheckpointPolicy, CheckpointSigner, Component, Durable,
+    LogOptions, Queued, Rotation, SystemClock,
 };
 
 use crate::error::CaError;
@@ -59,6 +59,60 @@ impl CaAudit {
             .map(|_| ())
             .map_err(|e| CaError::Audit(e.to_string()))
     }
+
+    /// Writes `events` in order and resolves once the last one is on disk, without holding a
+    /// thread while the batch syncs. Only a full queue sends the rest to the blocking pool, to
+    /// wait for room there, in the same order.
+    pub async fn record_durable_async(
+        self: &Arc<Self>,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), CaError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (tx, synced) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let last = events.len().saturating_sub(1);
+        let mut queue = events.into_iter().enumerate().map(|(i, event)| {
+            let durable: Durable = match if i == last { tx.take() } else { None } {
+                Some(tx) => Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+                None => Box::new(|_| {}),
+            };
+            (event, durable)
+        });
+        while let Some((event, durable)) = queue.next() {
+            match self
+                .sink
+                .try_record_then(event, durable)
+                .map_err(audit_err)?
+            {
+                Queued::Yes => {}
+                Queued::Full(first) => {
+                    let rest: Vec<_> = std::iter::once(*first).chain(queue).collect();
+                    let audit = Arc::clone(self);
+                    tokio::task::spawn_blocking(move || {
+                        rest.into_iter().try_for_each(|(event, durable)| {
+                            audit.sink.record_then(event, durable).map_err(audit_err)
+                        })
+                    })
+                    .await
+                    .map_err(|_| CaError::Internal("the audit write task failed"))??;
+                    break;
+                }
+            }
+        }
+        synced
+            .await
+            .map_err(|_| CaError::Audit("the audit writer stopped".into()))?
+            .map(|_| ())
+            .map_err(audit_err)
+    }
+}
+
+fn audit_err(e: meshgate_audit::AuditError) -> CaError {
+    CaError::Audit(e.to_string())
 }
 
 /// Appends one event from a short-lived CLI process and syncs it. Unsigned: the CLI holds no

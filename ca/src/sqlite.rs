@@ -126,7 +126,8 @@ impl SqliteStore {
     fn meta_get(&self, key: &str) -> Result<Option<String>, CaError> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()?)
     }
 }
@@ -378,21 +379,22 @@ impl Store for SqliteStore {
         // IMMEDIATE takes the write lock first: the checks below read what they then change, and
         // a `ca token revoke` or `ca revoke` from the CLI commits either before this batch or
         // after it. With synchronous=FULL the commit returns once the batch is on disk.
-        let mut tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Every statement here is a cached one: parsing them again for each batch and each
+        // write cost more than the writes themselves (rusqlite's `Transaction` and `Savepoint`
+        // go through `execute_batch`, which parses every time).
+        let tx = Immediate::begin(&self.conn)?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
-            let mut sp = tx.savepoint()?;
-            match apply(&sp, write) {
+            cached(&self.conn, "SAVEPOINT issuance")?;
+            match apply(&self.conn, write) {
                 Ok(outcome) => {
-                    sp.commit()?;
+                    cached(&self.conn, "RELEASE issuance")?;
                     outcomes.push(Ok(outcome));
                 }
                 Err(e) => {
                     // Only this write's changes go; if even that fails, the batch does.
-                    sp.rollback()?;
-                    drop(sp);
+                    cached(&self.conn, "ROLLBACK TO issuance")?;
+                    cached(&self.conn, "RELEASE issuance")?;
                     outcomes.push(Err(e));
                 }
             }
@@ -516,13 +518,8 @@ impl Store for SqliteStore {
     fn is_revoked(&self, serial: &Serial) -> Result<bool, CaError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT 1 FROM revocations WHERE serial = ?1",
-                [serial.to_string()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+            .prepare_cached("SELECT 1 FROM revocations WHERE serial = ?1")?
+            .exists([serial.to_string()])?)
     }
 
     fn revocations(&self) -> Result<(u64, Vec<RevocationRecord>), CaError> {
@@ -578,6 +575,40 @@ fn connect(path: &Path) -> Result<Connection, CaError> {
     Ok(conn)
 }
 
+/// Runs one cached statement that takes no parameters and returns no rows.
+fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// A `BEGIN IMMEDIATE` transaction through cached statements, rolled back if dropped before
+/// [`Immediate::commit`] succeeds (an error or a panic part way).
+struct Immediate<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Immediate<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        cached(conn, "BEGIN IMMEDIATE")?;
+        Ok(Self { conn, open: true })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        cached(self.conn, "COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Immediate<'_> {
+    fn drop(&mut self) {
+        // A COMMIT that failed (SQLITE_BUSY, a full disk) leaves the transaction open.
+        if self.open && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 /// One write of a group commit, inside its savepoint.
 fn apply(conn: &Connection, write: IssuanceWrite) -> Result<IssuanceOutcome, CaError> {
     match write {
@@ -594,10 +625,8 @@ fn apply(conn: &Connection, write: IssuanceWrite) -> Result<IssuanceOutcome, CaE
             if let Some(r) = token.rejection(now) {
                 return Ok(IssuanceOutcome::Enroll(EnrollOutcome::Rejected(r)));
             }
-            conn.execute(
-                "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
-                [token.id],
-            )?;
+            conn.prepare_cached("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1")?
+                .execute([token.id])?;
             token.uses_left -= 1;
             let outcome = match issued {
                 // Minted for the ID the token named when it was read; tokens never change their
@@ -619,21 +648,14 @@ fn apply(conn: &Connection, write: IssuanceWrite) -> Result<IssuanceOutcome, CaE
             // A revocation of `from` commits either before this batch (and the renewal is
             // refused) or after it (and finds this certificate as a descendant).
             let revoked = conn
-                .query_row(
-                    "SELECT 1 FROM revocations WHERE serial = ?1",
-                    [from.to_string()],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+                .prepare_cached("SELECT 1 FROM revocations WHERE serial = ?1")?
+                .exists([from.to_string()])?;
             if revoked {
                 return Ok(IssuanceOutcome::Renew { recorded: false });
             }
             insert_issued(conn, &cert)?;
-            conn.execute(
-                "UPDATE issued SET renewed_from = ?1 WHERE serial = ?2",
-                params![from.to_string(), cert.serial.to_string()],
-            )?;
+            conn.prepare_cached("UPDATE issued SET renewed_from = ?1 WHERE serial = ?2")?
+                .execute(params![from.to_string(), cert.serial.to_string()])?;
             Ok(IssuanceOutcome::Renew { recorded: true })
         }
     }
@@ -661,10 +683,11 @@ fn state_str(s: AuthorityState) -> &'static str {
 
 fn insert_issued(conn: &Connection, c: &IssuedCert) -> Result<(), CaError> {
     let dns = serde_json::to_string(&c.dns_names).unwrap_or_else(|_| "[]".to_owned());
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO issued (serial, spiffe_id, sha256, not_before, not_after, issuer, dns_names, issued_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
+    )?
+    .execute(params![
             c.serial.to_string(),
             c.spiffe_id.as_str(),
             c.sha256,
@@ -673,8 +696,7 @@ fn insert_issued(conn: &Connection, c: &IssuedCert) -> Result<(), CaError> {
             c.issuer.to_string(),
             dns,
             c.issued_at
-        ],
-    )?;
+    ])?;
     Ok(())
 }
 

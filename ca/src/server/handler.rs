@@ -14,7 +14,7 @@ use meshgate_identity::api::{
     PATH_BUNDLE_PEM, PATH_ENROLL, PATH_RENEW, PATH_REVOCATIONS, RenewRequest, SvidResponse,
 };
 use meshgate_identity::bundle::pem_encode;
-use meshgate_identity::{Serial, SpiffeId};
+use meshgate_identity::{Serial, SpiffeId, TrustBundle};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
@@ -166,14 +166,14 @@ async fn enroll(
     let result = enroll_svid(state, token, csr, now).await?;
     let (st, p) = (state.clone(), peer.clone());
     match result {
-        Ok((token, issued)) => {
+        Ok((token, issued, bundle)) => {
             super::metrics::Metrics::outcome(&state.metrics.enrollments, "issued");
-            let i = issued.clone();
             // Durable before the answer: an SVID a client holds always has its audit record.
-            blocking(move || st.audit_enrolled(&p, &token, &i))
-                .await?
+            state
+                .audit_enrolled(peer, &token, &issued)
+                .await
                 .map_err(|_| ApiError::internal())?;
-            svid_response(state, &issued).await
+            svid_response(&issued, &bundle)
         }
         Err(EnrollError::Token(rejection)) => {
             super::metrics::Metrics::outcome(&state.metrics.enrollments, "invalid_token");
@@ -217,13 +217,13 @@ async fn renew(
     let now = OffsetDateTime::now_utc();
     let result = renew_svid(state, &svid, csr, now).await?;
     match result {
-        Ok(issued) => {
+        Ok((issued, bundle)) => {
             super::metrics::Metrics::outcome(&state.metrics.renewals, "issued");
-            let (st, p, i) = (state.clone(), peer.clone(), issued.clone());
-            blocking(move || st.audit_renewed(&p, &i))
-                .await?
+            state
+                .audit_renewed(peer, &issued)
+                .await
                 .map_err(|_| ApiError::internal())?;
-            svid_response(state, &issued).await
+            svid_response(&issued, &bundle)
         }
         Err(e) => {
             super::metrics::Metrics::outcome(&state.metrics.renewals, "rejected");
@@ -235,9 +235,10 @@ async fn renew(
     }
 }
 
-/// An enrollment in three steps: a read under the CA's lock (is the token usable?), the CSR
-/// check and the signature on the blocking pool without the lock, and the write that spends
-/// the token and records the certificate, committed with the others in flight. The token is
+/// An enrollment in three steps: a read under the CA's lock (is the token usable? which
+/// intermediate signs, and the bundle that goes with it), the CSR check and the signature
+/// without the lock (one trip to the blocking pool for both), and the write that spends the
+/// token and records the certificate, committed with the others in flight. The token is
 /// checked again inside that transaction, so of two uses of a single-use token exactly one
 /// gets a certificate, in one batch or in two.
 async fn enroll_svid(
@@ -245,15 +246,24 @@ async fn enroll_svid(
     token: BootstrapToken,
     csr: Result<Vec<u8>, ApiError>,
     now: OffsetDateTime,
-) -> Result<Result<(TokenRecord, IssuedSvid), EnrollError>, ApiError> {
-    let pending = match with_ca(state, move |ca| ca.start_enroll(&token, now)).await? {
-        Ok(p) => p,
+) -> Result<Result<(TokenRecord, IssuedSvid, TrustBundle), EnrollError>, ApiError> {
+    let ca = state.authority.clone();
+    let minted = blocking(move || {
+        let (pending, bundle) = {
+            let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (ca.start_enroll(&token, now)?, ca.bundle()?)
+        };
+        // A CSR that is not even PEM still spends a valid token, like any other bad CSR.
+        let (write, minted) = pending.mint(&csr.unwrap_or_default());
+        Ok::<_, EnrollError>((write, minted, bundle))
+    })
+    .await?;
+    let (write, minted, bundle) = match minted {
+        Ok(x) => x,
         Err(e) => return Ok(Err(e)),
     };
-    // A CSR that is not even PEM still spends a valid token, like any other bad CSR.
-    let (write, minted) = blocking(move || pending.mint(&csr.unwrap_or_default())).await?;
     Ok(match state.commit.commit(write).await {
-        Ok(outcome) => finish_enroll(outcome, minted),
+        Ok(outcome) => finish_enroll(outcome, minted).map(|(t, i)| (t, i, bundle)),
         Err(e) => Err(EnrollError::Ca(e)),
     })
 }
@@ -265,42 +275,38 @@ async fn renew_svid(
     svid: &PeerSvid,
     csr: Vec<u8>,
     now: OffsetDateTime,
-) -> Result<Result<IssuedSvid, CaError>, ApiError> {
+) -> Result<Result<(IssuedSvid, TrustBundle), CaError>, ApiError> {
     // The serial the handshake read from the same leaf the renewal verifies again below.
     let serial = svid.serial.clone();
-    let pending = with_ca(state, move |ca| {
-        if ca.is_revoked(&serial)? {
-            return Err(CaError::Revoked(serial.to_string()));
-        }
-        ca.start_renew()
-    })
-    .await?;
-    let pending = match pending {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(e)),
-    };
     let chain = svid.chain.clone();
+    let ca = state.authority.clone();
     let minted = blocking(move || {
+        let (pending, bundle) = {
+            let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if ca.is_revoked(&serial)? {
+                return Err(CaError::Revoked(serial.to_string()));
+            }
+            (ca.start_renew()?, ca.bundle()?)
+        };
         let peer = pending.verify_peer(&chain, now)?;
         let (write, minted) = pending.mint(&chain, &peer, &csr, now)?;
-        Ok::<_, CaError>((write, minted, peer.serial))
+        Ok((write, minted, peer.serial, bundle))
     })
     .await?;
-    let (write, minted, from) = match minted {
+    let (write, minted, from, bundle) = match minted {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
     };
     Ok(match state.commit.commit(write).await {
-        Ok(outcome) => finish_renew(outcome, minted, &from),
+        Ok(outcome) => finish_renew(outcome, minted, &from).map(|i| (i, bundle)),
         Err(e) => Err(e),
     })
 }
 
-async fn svid_response(
-    state: &Arc<State>,
+fn svid_response(
     issued: &IssuedSvid,
+    bundle: &TrustBundle,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let bundle = with_ca(state, |ca| ca.bundle()).await?.api()?;
     json(&SvidResponse {
         svid: issued
             .chain

@@ -112,7 +112,7 @@ pub(crate) struct State {
     authority: Arc<Mutex<Authority>>,
     /// Where enrollments and renewals commit: one transaction, one sync, for all in flight.
     commit: GroupCommit,
-    audit: CaAudit,
+    audit: Arc<CaAudit>,
     metrics: Metrics,
     enroll_limiter: DefaultKeyedRateLimiter<IpAddr>,
     sign_limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -200,7 +200,7 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
     let state = Arc::new(State {
         authority: Arc::new(Mutex::new(ca)),
         commit,
-        audit,
+        audit: Arc::new(audit),
         metrics,
         enroll_limiter: RateLimiter::keyed(
             Quota::per_second(cfg.enroll_per_second).allow_burst(cfg.enroll_burst),
@@ -567,7 +567,8 @@ impl State {
         self.audit.record(ev);
     }
 
-    fn audit_enrolled(
+    /// The token's use and the issuance, in that order; resolves once both are on disk.
+    async fn audit_enrolled(
         &self,
         peer: &Peer,
         token: &TokenRecord,
@@ -578,22 +579,22 @@ impl State {
             .base(peer, Action::TokenUse, "anonymous", id, Outcome::Success)
             .with_detail("token_id", token.id)
             .with_detail("uses_left", token.uses_left);
-        self.audit.record(used);
         let ev = self
             .base(peer, Action::SvidIssue, id, id, Outcome::Success)
             .with_detail("serial", issued.record.serial.to_string())
             .with_detail("not_after", issued.record.not_after)
             .with_detail("token_id", token.id);
-        self.audit.record_durable(ev)
+        self.audit.record_durable_async(vec![used, ev]).await
     }
 
-    fn audit_renewed(&self, peer: &Peer, issued: &IssuedSvid) -> Result<(), CaError> {
+    /// The renewal; resolves once it is on disk.
+    async fn audit_renewed(&self, peer: &Peer, issued: &IssuedSvid) -> Result<(), CaError> {
         let id = issued.record.spiffe_id.as_str();
         let ev = self
             .base(peer, Action::SvidRenew, id, id, Outcome::Success)
             .with_detail("serial", issued.record.serial.to_string())
             .with_detail("not_after", issued.record.not_after);
-        self.audit.record_durable(ev)
+        self.audit.record_durable_async(vec![ev]).await
     }
 
     fn audit_renew_rejected(
