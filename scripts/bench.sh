@@ -546,7 +546,7 @@ done
 # ---------------------------------------------------------------------------------------------
 CA_JSON=null
 if ((HAVE_ENROLL)); then
-  if [ "$MODE" = quick ]; then args=(--clients 8 --enrollments 200 --renewals 200); else args=(--clients 32 --enrollments 2000 --renewals 2000); fi
+  if [ "$MODE" = quick ]; then args=(--clients 8 --enrollments 200 --renewals 200); else args=(--clients 32 --enrollments 4000 --renewals 2000); fi
   step "CA enrollment: enroll_load ${args[*]}"
   timeout 300 "$TARGET_DIR/release/examples/enroll_load" "${args[@]}" >"$WORK/enroll.out" 2>"$WORK/enroll.err" ||
     die "the CA enrollment example failed: $(tail -n 5 "$WORK/enroll.err")"

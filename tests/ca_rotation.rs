@@ -144,3 +144,44 @@ async fn a_root_rotation_keeps_renewal_working_and_retires_the_old_root() {
     agent.renew().await.unwrap();
     assert!(verifies(&agent.svid().chain, &retired));
 }
+
+/// A CLI rotation that a running server has not picked up yet (its maintenance runs once an
+/// hour here): the datastore's bundle no longer holds the root the server's loaded
+/// intermediate chains to, so an enrollment is refused with 503 before its token is spent,
+/// and renewal likewise, rather than answered with an SVID that the bundle sent beside it
+/// does not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_waits_for_the_server_to_load_a_rotation_and_spends_nothing_meanwhile() {
+    use support::ca_client::{csr_pem, issued_for, test_config};
+    let mut cfg = test_config();
+    cfg.maintenance_interval = std::time::Duration::from_secs(3600);
+    let mut h = CaHarness::start_with(cfg).await;
+    let token = h.token(ID);
+    let agent_token = h.token(ID);
+    let mut agent = Agent::enroll(&agent_token, &h.scratch("agent"), KeyType::default())
+        .await
+        .unwrap();
+
+    let now = OffsetDateTime::now_utc();
+    h.cli.rotate_prepare(now).unwrap();
+    h.cli.rotate_activate(now).unwrap();
+    // Enrollment and renewal still work while the loaded root is in the bundle.
+    agent.renew().await.unwrap();
+    h.cli
+        .rotate_retire(now + std::time::Duration::from_secs(25 * 3600), true)
+        .unwrap();
+    let issued_before = issued_for(&h, ID);
+
+    let refused = h.enroll(&token, &csr_pem(ID)).await.unwrap();
+    refused.assert_error(503, "unavailable");
+    assert!(refused.text().contains("retry"), "{}", refused.text());
+    let err = agent.renew().await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(issued_for(&h, ID), issued_before, "nothing was issued");
+    let tokens = h.cli.list_tokens().unwrap();
+    let unspent = tokens
+        .iter()
+        .filter(|t| t.uses_left == 1 && t.spiffe_id.as_str() == ID)
+        .count();
+    assert_eq!(unspent, 1, "the refused enrollment's token is still usable");
+}

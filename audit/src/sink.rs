@@ -45,7 +45,9 @@ pub struct AuditSink {
     batches: Arc<AtomicU64>,
 }
 
-/// Called by the writer thread once an event is on disk (its seq) or cannot be.
+/// Called by the writer thread once an event is on disk (its seq) or cannot be. It runs on the
+/// audit log's own threads: it must be quick and must not block or panic (hand the result to
+/// a channel).
 pub type Durable = Box<dyn FnOnce(Result<u64, AuditError>) + Send>;
 
 /// What [`AuditSink::try_record_then`] did with an event.

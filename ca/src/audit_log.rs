@@ -3,11 +3,11 @@
 //! wait rather than drop an event. The server signs checkpoints with its own SVID.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use meshgate_audit::{
-    AuditEvent, AuditSink, AuditWriter, CheckpointPolicy, CheckpointSigner, Component, Durable,
-    LogOptions, Queued, Rotation, SystemClock,
+    AuditError, AuditEvent, AuditSink, AuditWriter, CheckpointPolicy, CheckpointSigner, Component,
+    Durable, LogOptions, Queued, Rotation, SystemClock,
 };
 
 use crate::error::CaError;
@@ -70,15 +70,34 @@ impl CaAudit {
         if events.is_empty() {
             return Ok(());
         }
+        // Every event reports; the writer thread answers them in order, so when the last one
+        // is answered the others have been. One refused on its own (the writer goes on) fails
+        // the whole call all the same.
         let (tx, synced) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);
-        let last = events.len().saturating_sub(1);
+        let refused: Arc<Mutex<Option<AuditError>>> = Arc::default();
+        let last = events.len() - 1;
         let mut queue = events.into_iter().enumerate().map(|(i, event)| {
+            let refused = Arc::clone(&refused);
             let durable: Durable = match if i == last { tx.take() } else { None } {
-                Some(tx) => Box::new(move |result| {
-                    let _ = tx.send(result);
+                Some(tx) => Box::new(move |result: Result<u64, AuditError>| {
+                    let earlier = refused
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take();
+                    let _ = tx.send(match earlier {
+                        Some(e) => Err(e),
+                        None => result,
+                    });
                 }),
-                None => Box::new(|_| {}),
+                None => Box::new(move |result: Result<u64, AuditError>| {
+                    if let Err(e) = result {
+                        refused
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .get_or_insert(e);
+                    }
+                }),
             };
             (event, durable)
         });
@@ -111,7 +130,7 @@ impl CaAudit {
     }
 }
 
-fn audit_err(e: meshgate_audit::AuditError) -> CaError {
+fn audit_err(e: AuditError) -> CaError {
     CaError::Audit(e.to_string())
 }
 

@@ -166,6 +166,20 @@ impl Authority {
         Ok(bundle)
     }
 
+    /// The bundle to hand out with a certificate minted now. Between a rotation from the CLI
+    /// and this process's next reload the datastore may no longer list the root the loaded
+    /// signer chains to: refused then, before anything is spent, rather than answering with a
+    /// bundle the new SVID does not verify against.
+    pub(crate) fn bundle_for_issuance(&self) -> Result<TrustBundle, CaError> {
+        let bundle = self.bundle()?;
+        let root = self.signer.root.cert_der.as_slice();
+        if bundle.roots().iter().any(|r| r.as_ref() == root) {
+            Ok(bundle)
+        } else {
+            Err(CaError::Reloading)
+        }
+    }
+
     fn read_bundle(&self) -> Result<TrustBundle, CaError> {
         let (sequence, authorities) = self.store.bundle_state()?;
         let roots = authorities

@@ -75,6 +75,10 @@ pub enum CaError {
     Internal(&'static str),
     #[error("the CA is overloaded: {queue} issuances already wait for the datastore; retry later")]
     Overloaded { queue: usize },
+    #[error(
+        "the CA's keys changed (a rotation) and this server has not loaded them yet; retry in a few seconds"
+    )]
+    Reloading,
     #[error("random number generator failed")]
     Random,
 }

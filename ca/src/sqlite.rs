@@ -382,6 +382,12 @@ impl Store for SqliteStore {
         // Every statement here is a cached one: parsing them again for each batch and each
         // write cost more than the writes themselves (rusqlite's `Transaction` and `Savepoint`
         // go through `execute_batch`, which parses every time).
+        if self.lost {
+            // The reconnect after an earlier failure failed too: try it again first, rather
+            // than write into the stand-in connection.
+            self.conn = connect(&self.path)?;
+            self.lost = false;
+        }
         let tx = Immediate::begin(&self.conn)?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {

@@ -43,7 +43,7 @@ def tp($rows; $path; $c): $rows | map(select(.kind == "throughput" and .path == 
     handshakes: $hs,
     memory: $mem,
     ca_enrollment: $ca,
-    goals: [
+    goals: ([
       {goal: "meshgate pair req/s >= 1.5x the best peer's (every level)",
        value: ($per_level | map(.rps) | min), met: ($per_level | all(.rps != null and .rps >= 1.5))},
       {goal: "meshgate pair p99 no worse than the best peer's (every level)",
@@ -54,7 +54,11 @@ def tp($rows; $path; $c): $rows | map(select(.kind == "throughput" and .path == 
       {goal: "gateway idle RSS <= 15 MiB (kB)", value: $mesh_idle, met: ($mesh_idle != null and $mesh_idle <= 15360)},
       {goal: "<= 40 KiB per idle mTLS connection (at \($mesh_most.connections // 0))",
        value: $mesh_most.per_conn_kb, met: ($mesh_most.per_conn_kb != null and $mesh_most.per_conn_kb <= 40)}
-    ],
+    ] + (if $ca == null then [] else [
+      {goal: "CA enrollments/s >= 5000 (kept-alive connections; a new connection each: \($ca.enroll_per_sec))",
+       value: $ca.enroll_kept_alive_per_sec,
+       met: (($ca.enroll_kept_alive_per_sec // 0) >= 5000 and ($ca.errors // 1) == 0)}
+    ] end)),
     measurement_seconds: $seconds,
     summary_line: "ratio meshgate/best-peer: rps=\($rps_ratio) p99=\($p99_ratio) (best peer: \($best))"
   }

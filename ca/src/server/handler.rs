@@ -70,7 +70,9 @@ impl ApiError {
         match e {
             CaError::BadCsr { .. } => Self::new(ErrorCode::CsrRejected, e.to_string()),
             CaError::Revoked(_) => Self::new(ErrorCode::Forbidden, e.to_string()),
-            CaError::Overloaded { .. } => Self::new(ErrorCode::Unavailable, e.to_string()),
+            CaError::Overloaded { .. } | CaError::Reloading => {
+                Self::new(ErrorCode::Unavailable, e.to_string())
+            }
             CaError::PeerRejected(_) => Self::new(ErrorCode::Unauthenticated, e.to_string()),
             CaError::ReservedId(_) | CaError::ForeignTrustDomain(..) | CaError::InvalidId(_) => {
                 Self::new(ErrorCode::Forbidden, e.to_string())
@@ -251,7 +253,7 @@ async fn enroll_svid(
     let minted = blocking(move || {
         let (pending, bundle) = {
             let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (ca.start_enroll(&token, now)?, ca.bundle()?)
+            (ca.start_enroll(&token, now)?, ca.bundle_for_issuance()?)
         };
         // A CSR that is not even PEM still spends a valid token, like any other bad CSR.
         let (write, minted) = pending.mint(&csr.unwrap_or_default());
@@ -286,7 +288,7 @@ async fn renew_svid(
             if ca.is_revoked(&serial)? {
                 return Err(CaError::Revoked(serial.to_string()));
             }
-            (ca.start_renew()?, ca.bundle()?)
+            (ca.start_renew()?, ca.bundle_for_issuance()?)
         };
         let peer = pending.verify_peer(&chain, now)?;
         let (write, minted) = pending.mint(&chain, &peer, &csr, now)?;

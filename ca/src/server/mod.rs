@@ -290,6 +290,9 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        // Answers go out as soon as they are written, not when the client's delayed ACK for
+        // the last one arrives (Nagle).
+        let _ = tcp.set_nodelay(true);
         let (acceptor, state, cfg) = (acceptor.clone(), state.clone(), cfg.clone());
         tokio::spawn(async move {
             state.metrics.open_connections.inc();
@@ -463,12 +466,16 @@ async fn maintenance(
         match result {
             Ok(Ok((renewed, own, bundle, inter_not_after))) => {
                 if renewed {
-                    state.audit.record(event(
-                        Action::IntermediateRenew,
-                        "ca",
-                        "intermediate",
-                        Outcome::Success,
-                    ));
+                    // `record` waits while the audit queue is full: not on a runtime thread.
+                    let audit = state.audit.clone();
+                    tokio::task::spawn_blocking(move || {
+                        audit.record(event(
+                            Action::IntermediateRenew,
+                            "ca",
+                            "intermediate",
+                            Outcome::Success,
+                        ));
+                    });
                 }
                 if let Some((svid, key)) = own {
                     match to_certified(&svid, &key) {
