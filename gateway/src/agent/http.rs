@@ -95,6 +95,9 @@ async fn exchange(
             ca: ca.clone(),
             source,
         })?;
+    // The request's head and body may leave in two writes: the second must not wait for the
+    // CA's delayed ACK of the first (Nagle).
+    let _ = tcp.set_nodelay(true);
     let tls = timeout(
         STEP_TIMEOUT,
         TlsConnector::from(config).connect(url.server_name(), tcp),
