@@ -14,26 +14,42 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` except its `trailers` value
 /// (which gRPC needs end to end and HTTP/2 allows).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests and responses carry none of them: one pass over the names (standard names
-    // compare as small integers) instead of a hash lookup per name.
-    let any = headers.keys().any(|name| {
-        name == CONNECTION
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-            || name == TE
-            || name == TRANSFER_ENCODING
-            || name == UPGRADE
-    });
-    if !any {
+    // One pass over the names notes which of the fixed hop-by-hop headers are present
+    // (standard names compare as small integers); most requests carry none, and a response
+    // from an HTTP/1.1 service usually only `Connection: keep-alive`. Only what is present is
+    // removed, and only a `Connection` token naming another header present costs an
+    // allocation.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        for (hop, seen) in HOP_BY_HOP.iter().zip(present.iter_mut()) {
+            *seen |= name == hop;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    {
+        let token = token.trim();
+        // `close` names no header; the fixed ones go below anyway.
+        if token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && headers.contains_key(&name)
+        {
+            named.push(name);
+        }
+    }
     let trailers = headers
         .get_all(TE)
         .iter()
@@ -47,20 +63,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }
+
+/// The hop-by-hop headers every hop removes, besides those `Connection` names.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
 
 /// The `x-forwarded-client-cert` value for a peer:
 /// `By=<own id>;Hash=<hex SHA-256 of the peer's leaf DER>;URI=<peer id>`. SPIFFE IDs have no
@@ -119,6 +140,29 @@ mod tests {
         h.append(UPGRADE, HeaderValue::from_static("websocket"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn connection_tokens_in_any_case_name_headers_to_remove() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "Keep-Alive, X-Secret ,Close"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("content-type", "text/plain"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type"]);
+        // The usual HTTP/1.1 answer: only `Connection: keep-alive` goes.
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-length"]);
     }
 
     #[test]
