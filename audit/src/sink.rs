@@ -511,6 +511,32 @@ mod tests {
         )
     }
 
+    /// A sink with a queue of one whose writer thread, inside its first append, says so on
+    /// `entered` and then waits for `go`: the queue fills deterministically.
+    fn gated_sink(
+        path: &std::path::Path,
+        component: Component,
+    ) -> (
+        AuditSink,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        use std::sync::Mutex;
+        use std::sync::mpsc::channel;
+        let (entered_tx, entered) = channel::<()>();
+        let (go, go_rx) = channel::<()>();
+        let gate = Mutex::new(Some((entered_tx, go_rx)));
+        let clock = move || {
+            if let Some((entered, go)) = gate.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            time::OffsetDateTime::now_utc()
+        };
+        let (writer, _) = AuditWriter::open_with_clock(path, component, clock).unwrap();
+        (AuditSink::spawn(writer, 1).unwrap(), entered, go)
+    }
+
     /// A sink whose every sync fails: /dev/full takes writes into no space.
     #[cfg(target_os = "linux")]
     #[test]
@@ -532,25 +558,9 @@ mod tests {
 
     #[test]
     fn events_refused_by_a_full_queue_leave_a_gap_record_with_their_count() {
-        use std::sync::Mutex;
-        use std::sync::mpsc::{Receiver, channel};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        // The clock holds the writer thread inside its first append until the test says go,
-        // so the queue fills deterministically.
-        let (entered_tx, entered) = channel::<()>();
-        let (go, go_rx) = channel::<()>();
-        let gate: Mutex<Option<(std::sync::mpsc::Sender<()>, Receiver<()>)>> =
-            Mutex::new(Some((entered_tx, go_rx)));
-        let clock = move || {
-            if let Some((entered, go)) = gate.lock().unwrap().take() {
-                entered.send(()).unwrap();
-                go.recv().unwrap();
-            }
-            time::OffsetDateTime::now_utc()
-        };
-        let (writer, _) = AuditWriter::open_with_clock(&path, Component::Gateway, clock).unwrap();
-        let sink = AuditSink::spawn(writer, 1).unwrap();
+        let (sink, entered, go) = gated_sink(&path, Component::Gateway);
         assert!(sink.try_record(event()).unwrap());
         entered.recv().unwrap();
         // The thread holds the first event; the queue takes one more and refuses the rest.
@@ -582,25 +592,10 @@ mod tests {
 
     #[test]
     fn try_record_then_calls_back_once_synced_and_gives_everything_back_when_full() {
-        use std::sync::Mutex;
-        use std::sync::mpsc::{Receiver, channel};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        // As above: the writer thread waits inside its first append until the test says go.
-        let (entered_tx, entered) = channel::<()>();
-        let (go, go_rx) = channel::<()>();
-        let gate: Mutex<Option<(std::sync::mpsc::Sender<()>, Receiver<()>)>> =
-            Mutex::new(Some((entered_tx, go_rx)));
-        let clock = move || {
-            if let Some((entered, go)) = gate.lock().unwrap().take() {
-                entered.send(()).unwrap();
-                go.recv().unwrap();
-            }
-            time::OffsetDateTime::now_utc()
-        };
-        let (writer, _) = AuditWriter::open_with_clock(&path, Component::Ca, clock).unwrap();
-        let sink = AuditSink::spawn(writer, 1).unwrap();
-        let (synced_tx, synced) = channel::<(&str, Result<u64, AuditError>)>();
+        let (sink, entered, go) = gated_sink(&path, Component::Ca);
+        let (synced_tx, synced) = std::sync::mpsc::channel::<(&str, Result<u64, AuditError>)>();
         let callback = |name: &'static str| -> Durable {
             let tx = synced_tx.clone();
             Box::new(move |result| tx.send((name, result)).unwrap())
