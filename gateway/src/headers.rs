@@ -106,10 +106,18 @@ mod tests {
 
     use super::*;
 
+    /// A header map of `(name, value)` pairs, repeated names appended in order.
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
     #[test]
     fn removes_hop_by_hop_and_what_connection_names() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = map(&[
             ("connection", "keep-alive, x-secret"),
             ("connection", "close"),
             ("x-secret", "1"),
@@ -119,9 +127,7 @@ mod tests {
             ("upgrade", "h2c"),
             ("te", "gzip, trailers;q=1"),
             ("x-kept", "yes"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
+        ]);
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-kept", "te"]);
@@ -130,10 +136,7 @@ mod tests {
 
     #[test]
     fn end_to_end_headers_are_left_alone() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [("x-a", "1"), ("x-a", "2"), ("accept", "*/*"), ("host", "h")] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
+        let mut h = map(&[("x-a", "1"), ("x-a", "2"), ("accept", "*/*"), ("host", "h")]);
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
@@ -144,15 +147,12 @@ mod tests {
 
     #[test]
     fn connection_tokens_in_any_case_name_headers_to_remove() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = map(&[
             ("connection", "Keep-Alive, X-Secret ,Close"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("content-type", "text/plain"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
+        ]);
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type"]);
