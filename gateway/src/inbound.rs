@@ -15,9 +15,7 @@ use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use meshgate_identity::tls::{ALPN_H2, ALPN_HTTP11, server_config};
 use meshgate_identity::verifier::SpiffeClientVerifier;
 use meshgate_policy::{Effect, PolicySet};
@@ -26,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::audit::RequestEvent;
 use crate::body;
-use crate::config::{Inbound as InboundConfig, Target, UpstreamProtocol};
+use crate::config::{Inbound as InboundConfig, UpstreamProtocol};
 use crate::conn::Activity;
 use crate::error::Error;
 use crate::headers::{set_xfcc, strip_hop_by_hop};
@@ -39,6 +37,7 @@ use crate::ratelimit::RateLimits;
 use crate::reply::{Body, Refusal};
 use crate::stream::{self, Watched};
 use crate::upgrade::{self, Opening, Tunnels, response_timed_out, websocket_opening};
+use crate::upstream::{self, Upstream, UpstreamError};
 
 const DIRECTION: &str = "inbound";
 
@@ -48,8 +47,7 @@ pub(crate) struct Inbound {
     shared: Arc<Shared>,
     policies: Arc<PolicyStore>,
     rate_limits: Arc<RateLimits>,
-    upstream: Target,
-    client: Client<HttpConnector, Watched>,
+    upstream: Upstream,
     tls: Arc<rustls::ServerConfig>,
     /// Bytes of small request bodies held before forwarding (see `body`).
     body_budget: Arc<tokio::sync::Semaphore>,
@@ -67,24 +65,17 @@ impl Inbound {
             verifier,
             &[ALPN_H2, ALPN_HTTP11],
         )?;
-        let upstream = config.upstream.clone();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(shared.limits.connect_timeout));
-        connector.set_nodelay(true);
-        let mut client = Client::builder(TokioExecutor::new());
-        client.pool_idle_timeout(shared.limits.idle_timeout);
-        if upstream.protocol == UpstreamProtocol::H2c {
-            // HTTP/2 with prior knowledge: no TLS, no ALPN, no upgrade dance.
-            client.http2_only(true);
-        }
-        let client = client.build(connector);
+        let upstream = Upstream::new(
+            config.upstream.clone(),
+            shared.limits.connect_timeout,
+            shared.limits.idle_timeout,
+        );
         let rate_limits = Arc::new(RateLimits::new(&shared.limits.rate_limits));
         Ok(Self {
             shared,
             policies,
             rate_limits,
             upstream,
-            client,
             tls: Arc::new(tls),
             body_budget: body::budget(),
         })
@@ -102,6 +93,7 @@ pub(crate) async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let shared = inbound.shared.clone();
+    inbound.upstream.spawn_sweeper();
     accept_loop(listener, DIRECTION, shared, stop, move |tcp, addr| {
         connection(tcp, addr, inbound.clone())
     })
@@ -311,7 +303,7 @@ async fn decide(inbound: &Inbound, context: &Context, req: Request<Incoming>) ->
     let set: Arc<PolicySet> = inbound.policies.current();
     let own = &inbound.shared.own_id;
     let mut request = meshgate_policy::Request::http(&peer.id, own, method, &path)
-        .with_port(inbound.upstream.port);
+        .with_port(inbound.upstream.target().port);
     if let Some(h) = &host {
         request = request.with_host(h);
     }
@@ -439,7 +431,7 @@ async fn forward(
         let limits = &inbound.shared.limits;
         // Boxed: the upgrade's state is large and rare; inline, every request would carry it.
         return Box::pin(upgrade::to_upstream(
-            &inbound.upstream,
+            inbound.upstream.target(),
             limits,
             parts,
             &target,
@@ -450,17 +442,32 @@ async fn forward(
         ))
         .await;
     }
-    let uri = format!("http://{}{path}{query}", inbound.upstream.authority);
+    let target = inbound.upstream.target();
+    // HTTP/1.1 takes the origin form (`/path?query`) and the host from `Host`; HTTP/2 takes
+    // the scheme and authority as pseudo-headers, from an absolute URI.
+    let (uri, version) = match target.protocol {
+        UpstreamProtocol::H2c => (
+            format!("http://{}{path}{query}", target.authority),
+            Version::HTTP_2,
+        ),
+        UpstreamProtocol::Http1 => (format!("{path}{query}"), Version::HTTP_11),
+    };
     parts.uri = match uri.parse::<Uri>() {
         Ok(uri) => uri,
         Err(_) => {
             return Refusal::BadRequest("the request target cannot be forwarded").into_response();
         }
     };
-    parts.version = match inbound.upstream.protocol {
-        UpstreamProtocol::H2c => Version::HTTP_2,
-        _ => Version::HTTP_11,
-    };
+    parts.version = version;
+    if version == Version::HTTP_11 && !parts.headers.contains_key(HOST) {
+        // HTTP/1.1 requires a Host; a request that named none goes to the service's authority.
+        match HeaderValue::from_str(&target.authority) {
+            Ok(value) => {
+                parts.headers.insert(HOST, value);
+            }
+            Err(_) => return upstream::not_answered().into_response(),
+        }
+    }
     let limits = &inbound.shared.limits;
     let failed = body::PeerBodyFailed::default();
     let body = match body::for_upstream(
@@ -476,7 +483,7 @@ async fn forward(
         Err(refusal) => return refusal.into_response(),
     };
     let (body, sent) = Watched::request(body, limits.idle_timeout, context.activity.clone());
-    let request = inbound.client.request(Request::from_parts(parts, body));
+    let request = inbound.upstream.send(Request::from_parts(parts, body));
     match stream::answer(request, sent, limits.response_timeout).await {
         Some(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
@@ -488,20 +495,20 @@ async fn forward(
             );
             Response::from_parts(parts, body.boxed())
         }
-        Some(Err(e)) if stream::went_idle(&e) => {
+        Some(Err(UpstreamError::Connect(refusal))) => refusal.into_response(),
+        Some(Err(UpstreamError::Http(e))) if stream::went_idle(&e) => {
             tracing::info!(peer = %peer.id, "the peer stopped sending its request body");
             stream::STALLED_BODY.into_response()
         }
-        Some(Err(_)) if failed.get() => {
+        Some(Err(UpstreamError::Http(_))) if failed.get() => {
             Refusal::BadRequest("the request body could not be read").into_response()
         }
-        Some(Err(e)) => {
-            tracing::warn!(upstream = %inbound.upstream.authority, "the local service failed: {e:?}");
-            Refusal::BadGateway("the service behind this gateway did not answer".into())
-                .into_response()
+        Some(Err(UpstreamError::Http(e))) => {
+            tracing::warn!(upstream = %target.authority, "the local service failed: {e:?}");
+            upstream::not_answered().into_response()
         }
         None => {
-            tracing::warn!(upstream = %inbound.upstream.authority, peer = %peer.id, "the local service did not answer within limits.response_timeout");
+            tracing::warn!(upstream = %target.authority, peer = %peer.id, "the local service did not answer within limits.response_timeout");
             response_timed_out(limits).into_response()
         }
     }

@@ -32,6 +32,7 @@ pub mod reply;
 mod stream;
 mod tcp;
 mod upgrade;
+mod upstream;
 
 pub use agent::{Agent, CaUrl, Enrollment, KeyType, Svid};
 pub use config::Config;

@@ -22,7 +22,6 @@ use hyper::http::request::Parts;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -32,6 +31,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::listen::until;
 use crate::reply::{Body, Refusal, full};
 use crate::tcp::splice;
+use crate::upstream::{connect, not_answered};
 
 pub(crate) const WEBSOCKET: &str = "websocket";
 
@@ -205,7 +205,7 @@ async fn open_upstream_h2c(
     limits: &Limits,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, Refusal> {
-    let tcp = connect_upstream(upstream, limits.connect_timeout).await?;
+    let tcp = connect(upstream, limits.connect_timeout).await?;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
@@ -226,7 +226,7 @@ async fn open_upstream(
     limits: &Limits,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, Refusal> {
-    let tcp = connect_upstream(upstream, limits.connect_timeout).await?;
+    let tcp = connect(upstream, limits.connect_timeout).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|_| not_answered())?;
@@ -273,30 +273,6 @@ where
             tracing::debug!(upstream = %authority, "WebSocket connection to the local service ended: {e}");
         }
     });
-}
-
-fn not_answered() -> Refusal {
-    Refusal::BadGateway("the service behind this gateway did not answer".into())
-}
-
-async fn connect_upstream(
-    upstream: &Target,
-    connect_timeout: Duration,
-) -> Result<TcpStream, Refusal> {
-    let tcp = tokio::time::timeout(
-        connect_timeout,
-        TcpStream::connect((upstream.host.as_str(), upstream.port)),
-    )
-    .await
-    .map_err(|_| {
-        Refusal::GatewayTimeout("the service behind this gateway did not accept in time".into())
-    })?
-    .map_err(|e| {
-        tracing::warn!(upstream = %upstream.authority, "cannot connect to the local service: {e}");
-        not_answered()
-    })?;
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
 }
 
 /// The spliced streams of one connection. A connection's task waits for them before it ends,

@@ -1,0 +1,576 @@
+//! The inbound's connections to its local service, for requests that are not WebSocket openings
+//! (those get a connection of their own, in `upgrade`).
+//!
+//! - **HTTP/1.1**: a pool of idle keep-alive connections, the most recently used first. A
+//!   connection goes back to the pool when the service's answer has been read to its end (an
+//!   answer given up halfway closes its connection, the only way HTTP/1.1 has to drop the rest);
+//!   one idle for `limits.idle_timeout` is closed. A request sent on a pooled connection that
+//!   the service had closed meanwhile, and that therefore never left, goes on a new connection.
+//! - **h2c** (HTTP/2 with prior knowledge): one multiplexed connection, made anew once closed.
+//!
+//! One target, so no pool key to hash, and no task per request to watch for idleness: the
+//! per-request cost of hyper-util's general-purpose client (docs/profiles).
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::config::{Target, UpstreamProtocol};
+use crate::reply::Refusal;
+use crate::stream::Watched;
+
+/// Why a request did not get the service's answer.
+#[derive(Debug)]
+pub(crate) enum UpstreamError {
+    /// No connection: the answer to give the caller.
+    Connect(Refusal),
+    /// The exchange failed on a connection (the request body's own failure among the causes).
+    Http(hyper::Error),
+}
+
+/// The local service, as the inbound reaches it.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    target: Target,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    pool: Arc<Pool>,
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    /// Idle HTTP/1.1 connections, the oldest first.
+    idle: Mutex<Vec<Idle>>,
+    /// The h2c connection, once made.
+    h2c: Mutex<Option<http2::SendRequest<Watched>>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Watched>,
+    since: Instant,
+}
+
+impl Pool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The list is consistent after any push or pop: a panic elsewhere cannot leave it torn.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is still open, if any; those idle too long
+    /// are closed on the way.
+    fn checkout(&self, idle_timeout: Duration) -> Option<http1::SendRequest<Watched>> {
+        let mut idle = self.idle();
+        expire(&mut idle, idle_timeout);
+        while let Some(Idle { sender, .. }) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<Watched>) {
+        if !sender.is_closed() {
+            self.idle().push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Drops (closes) the connections idle for `idle_timeout` or more, and those already closed.
+fn expire(idle: &mut Vec<Idle>, idle_timeout: Duration) {
+    let fresh = idle
+        .iter()
+        .position(|i| i.since.elapsed() < idle_timeout)
+        .unwrap_or(idle.len());
+    idle.drain(..fresh);
+}
+
+impl Upstream {
+    pub(crate) fn new(target: Target, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self {
+            target,
+            connect_timeout,
+            idle_timeout,
+            pool: Arc::default(),
+        }
+    }
+
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Closes idle connections as they pass `idle_timeout`, until the upstream is dropped. Runs
+    /// on the caller's runtime.
+    pub(crate) fn spawn_sweeper(&self) {
+        let pool = Arc::downgrade(&self.pool);
+        let idle_timeout = self.idle_timeout;
+        tokio::spawn(sweep(pool, idle_timeout));
+    }
+
+    /// Sends `req` (its URI in origin form, `/path?query`; its `Host` set) and returns the
+    /// answer's head; the body streams from the connection.
+    pub(crate) async fn send(
+        &self,
+        req: Request<Watched>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match self.target.protocol {
+            UpstreamProtocol::H2c => self.send_h2c(req).await,
+            UpstreamProtocol::Http1 => self.send_http1(req).await,
+        }
+    }
+
+    async fn send_http1(
+        &self,
+        mut req: Request<Watched>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        loop {
+            let (mut sender, pooled) = match self.pool.checkout(self.idle_timeout) {
+                Some(sender) => (sender, true),
+                None => (self.connect_http1().await?, false),
+            };
+            // A pooled connection becomes ready as soon as its last answer has been read whole
+            // (it came back at that point); an error means the service closed it.
+            if let Err(e) = sender.ready().await {
+                if pooled {
+                    continue;
+                }
+                return Err(UpstreamError::Http(e));
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let pool = Arc::downgrade(&self.pool);
+                    return Ok(response.map(|body| UpstreamBody::http1(body, sender, pool)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never sent: the pooled connection closed under it. Another one.
+                    Some(unsent) if pooled => req = unsent,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn send_h2c(
+        &self,
+        req: Request<Watched>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let cached = self
+            .pool
+            .h2c
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(|s| !s.is_closed());
+        let mut req = req;
+        if let Some(mut sender) = cached {
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(response.map(UpstreamBody::h2c)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect_h2c().await?;
+        *self.pool.h2c.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+        sender
+            .send_request(req)
+            .await
+            .map(|response| response.map(UpstreamBody::h2c))
+            .map_err(UpstreamError::Http)
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Watched>, UpstreamError> {
+        let tcp = connect(&self.target, self.connect_timeout)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(UpstreamError::Http)?;
+        spawn_connection(&self.target, conn);
+        Ok(sender)
+    }
+
+    async fn connect_h2c(&self) -> Result<http2::SendRequest<Watched>, UpstreamError> {
+        let tcp = connect(&self.target, self.connect_timeout)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(UpstreamError::Http)?;
+        spawn_connection(&self.target, conn);
+        Ok(sender)
+    }
+}
+
+async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
+    // Often enough that no connection stays much past its timeout; no busier than once a second.
+    let every = (idle_timeout / 4).max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let mut idle = pool.idle();
+        expire(&mut idle, idle_timeout);
+        idle.retain(|i| !i.sender.is_closed());
+    }
+}
+
+fn spawn_connection<F>(target: &Target, conn: F)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    let authority = target.authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %authority, "connection to the local service ended: {e}");
+        }
+    });
+}
+
+/// A TCP connection to the service, with Nagle off (requests and answers are small and
+/// latency-bound), within `connect_timeout`; on failure, the answer to give the caller.
+pub(crate) async fn connect(
+    target: &Target,
+    connect_timeout: Duration,
+) -> Result<TcpStream, Refusal> {
+    let tcp = tokio::time::timeout(
+        connect_timeout,
+        TcpStream::connect((target.host.as_str(), target.port)),
+    )
+    .await
+    .map_err(|_| {
+        Refusal::GatewayTimeout("the service behind this gateway did not accept in time".into())
+    })?
+    .map_err(|e| {
+        tracing::warn!(upstream = %target.authority, "cannot connect to the local service: {e}");
+        not_answered()
+    })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+pub(crate) fn not_answered() -> Refusal {
+    Refusal::BadGateway("the service behind this gateway did not answer".into())
+}
+
+/// The body of the service's answer. An HTTP/1.1 connection goes back to the pool once the
+/// body has been read to its end, at the latest when the body is dropped.
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    /// The HTTP/1.1 connection it came on, until it goes back.
+    home: Option<(http1::SendRequest<Watched>, Weak<Pool>)>,
+}
+
+impl UpstreamBody {
+    fn http1(inner: Incoming, sender: http1::SendRequest<Watched>, pool: Weak<Pool>) -> Self {
+        let mut body = Self {
+            inner,
+            home: Some((sender, pool)),
+        };
+        // An answer with no body (204, 304, a HEAD's) is already read.
+        body.check_in_if_ended();
+        body
+    }
+
+    fn h2c(inner: Incoming) -> Self {
+        Self { inner, home: None }
+    }
+
+    fn check_in_if_ended(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some((sender, pool)) = self.home.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_)) | None) => self.check_in_if_ended(),
+            // A failed answer leaves its connection unusable: dropped with the body.
+            Poll::Ready(Some(Err(_))) => self.home = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Read to its end, possibly without the last poll: the connection is reusable. Otherwise
+        // dropping the sender closes it once hyper has given up the unread rest.
+        self.check_in_if_ended();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)] // test code
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::conn::Activity;
+    use crate::reply::full;
+
+    /// How the test service answers each request on a connection.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// `200 ok`, keep-alive.
+        Ok,
+        /// `200 ok`, then the connection is closed without a `Connection: close`.
+        OkThenClose,
+        /// `204`, keep-alive.
+        NoContent,
+        /// Half of a 10-byte body, then nothing.
+        Half,
+    }
+
+    #[derive(Default)]
+    struct Seen {
+        connections: AtomicUsize,
+        /// Connections the gateway closed (end of file while waiting for a request).
+        closed_by_client: AtomicUsize,
+        requests: AtomicUsize,
+    }
+
+    /// A plain HTTP/1.1 service on 127.0.0.1 that answers every request with `answer`.
+    async fn service(answer: Answer) -> (Target, Arc<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Seen::default());
+        let counts = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                counts.connections.fetch_add(1, Ordering::SeqCst);
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let n = tcp.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            counts.closed_by_client.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            counts.requests.fetch_add(1, Ordering::SeqCst);
+                            let reply: &[u8] = match answer {
+                                Answer::Ok | Answer::OkThenClose => {
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                                }
+                                Answer::NoContent => b"HTTP/1.1 204 No Content\r\n\r\n",
+                                Answer::Half => {
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf."
+                                }
+                            };
+                            tcp.write_all(reply).await.unwrap();
+                            if matches!(answer, Answer::OkThenClose) {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port,
+            authority: format!("127.0.0.1:{port}"),
+            protocol: UpstreamProtocol::Http1,
+        };
+        (target, seen)
+    }
+
+    fn get(target: &Target) -> Request<Watched> {
+        let (body, _sent) = Watched::request(full(""), Duration::from_secs(5), Activity::new());
+        Request::builder()
+            .uri("/x")
+            .header(hyper::header::HOST, &target.authority)
+            .body(body)
+            .unwrap()
+    }
+
+    async fn read_whole(upstream: &Upstream) -> (u16, Bytes) {
+        let response = upstream.send(get(upstream.target())).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    }
+
+    /// Waits (bounded) until `f` holds, for what another task does next.
+    async fn eventually(f: impl Fn() -> bool) -> bool {
+        for _ in 0..200 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f()
+    }
+
+    fn upstream(target: Target, idle: Duration) -> Upstream {
+        Upstream::new(target, Duration::from_secs(5), idle)
+    }
+
+    #[tokio::test]
+    async fn answers_read_whole_leave_their_connection_for_the_next_request() {
+        let (target, seen) = service(Answer::Ok).await;
+        let upstream = upstream(target, Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(
+                read_whole(&upstream).await,
+                (200, Bytes::from_static(b"ok"))
+            );
+        }
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 5);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_body_leaves_its_connection_too() {
+        let (target, seen) = service(Answer::NoContent).await;
+        let upstream = upstream(target, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(read_whole(&upstream).await.0, 204);
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_a_connection_each_and_then_share_them() {
+        let (target, seen) = service(Answer::Ok).await;
+        let upstream = upstream(target, Duration::from_secs(60));
+        let (a, b) = tokio::join!(
+            upstream.send(get(upstream.target())),
+            upstream.send(get(upstream.target()))
+        );
+        // Both heads in hand, neither body read: two connections.
+        for response in [a.unwrap(), b.unwrap()] {
+            response.into_body().collect().await.unwrap();
+        }
+        for _ in 0..4 {
+            read_whole(&upstream).await;
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_service_closed_is_replaced_and_nothing_fails() {
+        let (target, seen) = service(Answer::OkThenClose).await;
+        let upstream = upstream(target, Duration::from_secs(60));
+        for _ in 0..4 {
+            assert_eq!(
+                read_whole(&upstream).await,
+                (200, Bytes::from_static(b"ok"))
+            );
+        }
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_halfway_closes_its_connection() {
+        let (target, seen) = service(Answer::Half).await;
+        let upstream = upstream(target.clone(), Duration::from_secs(60));
+        let response = upstream.send(get(&target)).await.unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"half."));
+        drop(body);
+        // The unread rest cannot be skipped on HTTP/1.1: the connection is closed, not pooled.
+        assert!(eventually(|| seen.closed_by_client.load(Ordering::SeqCst) == 1).await);
+        let response = upstream.send(get(&target)).await.unwrap();
+        drop(response);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_timeout_is_closed_not_reused() {
+        let (target, seen) = service(Answer::Ok).await;
+        let upstream = upstream(target, Duration::from_millis(50));
+        read_whole(&upstream).await;
+        assert_eq!(upstream.pool.idle().len(), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(seen.closed_by_client.load(Ordering::SeqCst), 0);
+        read_whole(&upstream).await;
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        assert!(eventually(|| seen.closed_by_client.load(Ordering::SeqCst) == 1).await);
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_closes_idle_connections_without_traffic() {
+        let (target, seen) = service(Answer::Ok).await;
+        let upstream = upstream(target, Duration::from_millis(50));
+        upstream.spawn_sweeper();
+        read_whole(&upstream).await;
+        assert_eq!(upstream.pool.idle().len(), 1);
+        // The sweeper looks once a second at most; `eventually` waits up to two.
+        assert!(eventually(|| seen.closed_by_client.load(Ordering::SeqCst) == 1).await);
+        assert_eq!(upstream.pool.idle().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_service_that_is_not_listening_is_a_bad_gateway() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port,
+            authority: format!("127.0.0.1:{port}"),
+            protocol: UpstreamProtocol::Http1,
+        };
+        let upstream = upstream(target.clone(), Duration::from_secs(60));
+        match upstream.send(get(&target)).await {
+            Err(UpstreamError::Connect(refusal)) => {
+                assert_eq!(refusal.into_response().status(), 502);
+            }
+            other => panic!("expected a refused connection, got {other:?}"),
+        }
+    }
+}
