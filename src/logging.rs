@@ -287,6 +287,25 @@ impl tracing::field::Visit for PlainFields<'_> {
         }
     }
 
+    // Debug of an integer or a bool is its plain text; written without going through core::fmt.
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if self.start(field).is_some() {
+            self.line.push_str(itoa::Buffer::new().format(value));
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if self.start(field).is_some() {
+            self.line.push_str(itoa::Buffer::new().format(value));
+        }
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if self.start(field).is_some() {
+            self.line.push_str(if value { "true" } else { "false" });
+        }
+    }
+
     fn record_error(
         &mut self,
         _field: &tracing::field::Field,
@@ -441,6 +460,9 @@ mod tests {
             whole = 2.0_f64,
             big = 1e21_f64,
             upgraded = true,
+            closed = false,
+            least = i64::MIN,
+            most = u64::MAX,
             r#type = "http",
             list = ?[1, 2],
             "request"

@@ -227,8 +227,7 @@ async fn handle(
     let status = outcome.response.status().as_u16();
     let elapsed = start.elapsed();
     inbound.shared.metrics.request(
-        DIRECTION,
-        &peer.label,
+        &peer.requests,
         outcome.decision,
         status,
         elapsed.as_secs_f64(),

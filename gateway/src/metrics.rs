@@ -1,6 +1,6 @@
 //! The gateway's Prometheus metrics, served in text form on the admin listener.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -88,6 +88,53 @@ pub(crate) struct Metrics {
     pub tcp_connect_failures: Family<DirectionLabels, Counter>,
     pub svid_expiry: Gauge,
     pub bundle_sequence: Gauge,
+}
+
+/// The request metrics of one peer in one direction (a connection's peer inbound, a route's
+/// expected peer outbound). Each (decision, status) counter is looked up in its family once and
+/// then kept, so that counting a request hashes no labels (docs/profiles).
+#[derive(Debug)]
+pub(crate) struct RequestCounters {
+    direction: &'static str,
+    peer: Arc<String>,
+    /// At most [`RequestCounters::KEPT`]; a pair past that is looked up each time.
+    kept: Mutex<Vec<(&'static str, u16, Counter)>>,
+    duration: OnceLock<Histogram>,
+}
+
+impl RequestCounters {
+    const KEPT: usize = 16;
+
+    pub(crate) fn new(direction: &'static str, peer: String) -> Self {
+        Self {
+            direction,
+            peer: Arc::new(peer),
+            kept: Mutex::default(),
+            duration: OnceLock::new(),
+        }
+    }
+
+    fn counter(&self, metrics: &Metrics, decision: &'static str, status: u16) -> Counter {
+        // A poisoned list is still a list of counters: nothing is half-written in it.
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, counter)) = kept.iter().find(|(d, s, _)| *s == status && *d == decision)
+        {
+            return counter.clone();
+        }
+        let counter = metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: self.direction,
+                peer: self.peer.clone(),
+                decision,
+                status,
+            })
+            .clone();
+        if kept.len() < Self::KEPT {
+            kept.push((decision, status, counter.clone()));
+        }
+        counter
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -197,24 +244,24 @@ impl Metrics {
         r
     }
 
+    /// Counts one request of `counters`' peer and direction, and observes its duration.
     pub(crate) fn request(
         &self,
-        direction: &'static str,
-        peer: &Arc<String>,
+        counters: &RequestCounters,
         decision: &'static str,
         status: u16,
         seconds: f64,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction,
-                peer: peer.clone(),
-                decision,
-                status,
+        counters.counter(self, decision, status).inc();
+        counters
+            .duration
+            .get_or_init(|| {
+                self.request_duration
+                    .get_or_create(&DirectionLabels {
+                        direction: counters.direction,
+                    })
+                    .clone()
             })
-            .inc();
-        self.request_duration
-            .get_or_create(&DirectionLabels { direction })
             .observe(seconds);
     }
 
@@ -298,4 +345,46 @@ pub(crate) fn millis(d: std::time::Duration) -> f64 {
     #[expect(clippy::cast_precision_loss, reason = "exact for any real duration")]
     let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX) as f64;
     micros / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_counters_count_in_the_families_the_admin_listener_renders() {
+        let metrics = Metrics::default();
+        let a = RequestCounters::new("inbound", "spiffe://example.org/a".into());
+        // Another connection of the same peer shares the series.
+        let a_again = RequestCounters::new("inbound", "spiffe://example.org/a".into());
+        for _ in 0..3 {
+            metrics.request(&a, "allow", 200, 0.001);
+        }
+        metrics.request(&a_again, "allow", 200, 0.001);
+        metrics.request(&a, "deny", 403, 0.001);
+        // More pairs than are kept: those past the limit are still counted.
+        for status in 500..(500 + 2 * RequestCounters::KEPT as u16) {
+            metrics.request(&a, "allow", status, 0.001);
+            metrics.request(&a, "allow", status, 0.001);
+        }
+        let text = metrics.render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        let series = |decision: &str, status: u16| {
+            format!(
+                "meshgate_gateway_requests_total{{direction=\"inbound\",peer=\"spiffe://example.org/a\",decision=\"{decision}\",status=\"{status}\"}}"
+            )
+        };
+        assert!(has(&format!("{} 4", series("allow", 200))), "{text}");
+        assert!(has(&format!("{} 1", series("deny", 403))), "{text}");
+        for status in 500..(500 + 2 * RequestCounters::KEPT as u16) {
+            assert!(has(&format!("{} 2", series("allow", status))), "{text}");
+        }
+        let total = 5 + 4 * RequestCounters::KEPT;
+        assert!(
+            has(&format!(
+                "meshgate_gateway_request_duration_seconds_count{{direction=\"inbound\"}} {total}"
+            )),
+            "{text}"
+        );
+    }
 }

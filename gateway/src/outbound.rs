@@ -33,7 +33,7 @@ use crate::headers::{XFCC, strip_hop_by_hop};
 use crate::listen::{
     Shared, accept_loop, http_server, is_revoked, now_secs, revoked, until, wind_down_at,
 };
-use crate::metrics::OpenConnection;
+use crate::metrics::{OpenConnection, RequestCounters};
 use crate::reply::{Body, Refusal, full};
 use crate::stream::{self, Watched};
 use crate::upgrade::{self, Opening, Tunnels, websocket_opening};
@@ -47,8 +47,8 @@ pub(crate) struct Outbound {
     route: Route,
     dialer: Dialer,
     pool: Mutex<Option<Pooled>>,
-    /// The expected peer as the `peer` label of the request metrics.
-    peer_label: Arc<String>,
+    /// The request metrics of this route, labelled with the expected peer.
+    requests: RequestCounters,
 }
 
 /// The HTTP/2 connection to the peer gateway. New requests go to it until its peer's SVID nears
@@ -84,7 +84,7 @@ impl Outbound {
         let dialer = Dialer::new(shared.clone(), route.clone(), ALPN_H2)?;
         Ok(Self {
             shared,
-            peer_label: Arc::new(route.expected_peer.to_string()),
+            requests: RequestCounters::new(DIRECTION, route.expected_peer.to_string()),
             route,
             dialer,
             pool: Mutex::new(None),
@@ -236,13 +236,10 @@ async fn handle(
     };
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    outbound.shared.metrics.request(
-        DIRECTION,
-        &outbound.peer_label,
-        "none",
-        status,
-        elapsed.as_secs_f64(),
-    );
+    outbound
+        .shared
+        .metrics
+        .request(&outbound.requests, "none", status, elapsed.as_secs_f64());
     tracing::info!(
         target: "meshgate::access",
         direction = DIRECTION,

@@ -17,6 +17,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::headers::xfcc_value;
 use crate::listen::{Shared, handshake_detail, handshake_reason, is_revoked};
+use crate::metrics::RequestCounters;
 
 /// The authenticated peer of a connection, read once from its verified leaf.
 #[derive(Debug)]
@@ -26,9 +27,8 @@ pub(crate) struct Peer {
     pub serial: Serial,
     pub not_after: u64,
     pub sha256: [u8; 32],
-    /// `id` as the `peer` label of the request metrics, made once per connection so that
-    /// counting a request clones a pointer, not the ID.
-    pub label: Arc<String>,
+    /// This connection's request metrics, labelled with `id`.
+    pub requests: RequestCounters,
     /// The `x-forwarded-client-cert` value the inbound side sets on this peer's requests.
     pub xfcc: Option<HeaderValue>,
 }
@@ -87,7 +87,7 @@ pub(crate) async fn accept(
         return None;
     };
     let peer = Arc::new(Peer {
-        label: Arc::new(info.spiffe_id.to_string()),
+        requests: RequestCounters::new(direction, info.spiffe_id.to_string()),
         xfcc: xfcc_value(&shared.own_id, &info.spiffe_id, &info.sha256),
         id: info.spiffe_id,
         addr,
