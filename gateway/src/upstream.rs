@@ -64,17 +64,27 @@ impl Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used idle connection that is still open, if any; those idle too long
-    /// are closed on the way.
+    /// The most recently used pooled connection that is free now, if any. Closed ones, and
+    /// those idle too long, are dropped on the way; busy ones (still sending a request body the
+    /// service answered before reading, or not yet past their last answer) stay for later.
     fn checkout(&self, idle_timeout: Duration) -> Option<http1::SendRequest<Watched>> {
         let mut idle = self.idle();
         expire(&mut idle, idle_timeout);
-        while let Some(Idle { sender, .. }) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        let mut busy = Vec::new();
+        let mut free = None;
+        while let Some(entry) = idle.pop() {
+            if entry.sender.is_closed() {
+                continue;
             }
+            if entry.sender.is_ready() {
+                free = Some(entry.sender);
+                break;
+            }
+            busy.push(entry);
         }
-        None
+        // Back in place: the list stays oldest first.
+        idle.extend(busy.into_iter().rev());
+        free
     }
 
     fn checkin(&self, sender: http1::SendRequest<Watched>) {
@@ -137,23 +147,19 @@ impl Upstream {
         loop {
             let (mut sender, pooled) = match self.pool.checkout(self.idle_timeout) {
                 Some(sender) => (sender, true),
-                None => (self.connect_http1().await?, false),
-            };
-            // A pooled connection becomes ready as soon as its last answer has been read whole
-            // (it came back at that point); an error means the service closed it.
-            if let Err(e) = sender.ready().await {
-                if pooled {
-                    continue;
+                None => {
+                    let mut sender = self.connect_http1().await?;
+                    sender.ready().await.map_err(UpstreamError::Http)?;
+                    (sender, false)
                 }
-                return Err(UpstreamError::Http(e));
-            }
+            };
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     let pool = Arc::downgrade(&self.pool);
                     return Ok(response.map(|body| UpstreamBody::http1(body, sender, pool)));
                 }
                 Err(mut e) => match e.take_message() {
-                    // Never sent: the pooled connection closed under it. Another one.
+                    // Never sent: the pooled connection closed (or got busy) under it. Another.
                     Some(unsent) if pooled => req = unsent,
                     _ => return Err(UpstreamError::Http(e.into_error())),
                 },
@@ -552,6 +558,49 @@ mod tests {
         // The sweeper looks once a second at most; `eventually` waits up to two.
         assert!(eventually(|| seen.closed_by_client.load(Ordering::SeqCst) == 1).await);
         assert_eq!(upstream.pool.idle().len(), 0);
+    }
+
+    /// A request body that never ends.
+    struct Endless;
+
+    impl HttpBody for Endless {
+        type Data = Bytes;
+        type Error = crate::reply::BoxError;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_an_upload_is_not_waited_on() {
+        // The service answers at the head, before the body; the upload goes on. The answer is
+        // read whole, but the connection is not free until the upload ends: the next request
+        // must take another connection rather than wait behind it.
+        let (target, seen) = service(Answer::Ok).await;
+        let upstream = upstream(target.clone(), Duration::from_secs(60));
+        let (body, _sent) = Watched::request(
+            http_body_util::BodyExt::boxed(Endless),
+            Duration::from_secs(60),
+            Activity::new(),
+        );
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header(hyper::header::HOST, &target.authority)
+            .body(body)
+            .unwrap();
+        let response = upstream.send(upload).await.unwrap();
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "ok"
+        );
+        let next = tokio::time::timeout(Duration::from_secs(10), read_whole(&upstream)).await;
+        assert_eq!(next.unwrap(), (200, Bytes::from_static(b"ok")));
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
