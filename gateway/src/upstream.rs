@@ -6,7 +6,9 @@
 //!   answer given up halfway closes its connection, the only way HTTP/1.1 has to drop the rest);
 //!   one idle for `limits.idle_timeout` is closed. A request sent on a pooled connection that
 //!   the service had closed meanwhile, and that therefore never left, goes on a new connection.
-//! - **h2c** (HTTP/2 with prior knowledge): one multiplexed connection, made anew once closed.
+//! - **h2c** (HTTP/2 with prior knowledge): one multiplexed connection, made by one request
+//!   while the others wait for it, made anew once closed, and let go after `idle_timeout`
+//!   without a request (streams still open on it finish first).
 //!
 //! One target, so no pool key to hash, and no task per request to watch for idleness: the
 //! per-request cost of hyper-util's general-purpose client (docs/profiles).
@@ -48,8 +50,9 @@ pub(crate) struct Upstream {
 struct Pool {
     /// Idle HTTP/1.1 connections, the oldest first.
     idle: Mutex<Vec<Idle>>,
-    /// The h2c connection, once made.
-    h2c: Mutex<Option<http2::SendRequest<Watched>>>,
+    /// The h2c connection, once made, and when it last took a request. Held across the
+    /// connect, so that a burst of requests makes one connection.
+    h2c: tokio::sync::Mutex<Option<(http2::SendRequest<Watched>, Instant)>>,
 }
 
 #[derive(Debug)]
@@ -171,30 +174,39 @@ impl Upstream {
         &self,
         req: Request<Watched>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let cached = self
-            .pool
-            .h2c
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .filter(|s| !s.is_closed());
         let mut req = req;
-        if let Some(mut sender) = cached {
+        // One retry at most: a request refused unsent by a connection that closed under it
+        // goes on a new one; the new one's refusal is final.
+        for _ in 0..2 {
+            let mut sender = {
+                let mut slot = self.pool.h2c.lock().await;
+                match slot.as_mut() {
+                    Some((sender, used)) if !sender.is_closed() => {
+                        *used = Instant::now();
+                        sender.clone()
+                    }
+                    _ => {
+                        let sender = self.connect_h2c().await?;
+                        *slot = Some((sender.clone(), Instant::now()));
+                        sender
+                    }
+                }
+            };
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(response.map(UpstreamBody::h2c)),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
+                    Some(unsent) => {
+                        req = unsent;
+                        let mut slot = self.pool.h2c.lock().await;
+                        if slot.as_ref().is_some_and(|(s, _)| s.is_closed()) {
+                            *slot = None;
+                        }
+                    }
                     None => return Err(UpstreamError::Http(e.into_error())),
                 },
             }
         }
-        let mut sender = self.connect_h2c().await?;
-        *self.pool.h2c.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
-        sender
-            .send_request(req)
-            .await
-            .map(|response| response.map(UpstreamBody::h2c))
-            .map_err(UpstreamError::Http)
+        Err(UpstreamError::Connect(not_answered()))
     }
 
     async fn connect_http1(&self) -> Result<http1::SendRequest<Watched>, UpstreamError> {
@@ -232,9 +244,18 @@ async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let mut idle = pool.idle();
-        expire(&mut idle, idle_timeout);
-        idle.retain(|i| !i.sender.is_closed());
+        {
+            let mut idle = pool.idle();
+            expire(&mut idle, idle_timeout);
+            idle.retain(|i| !i.sender.is_closed());
+        }
+        let mut h2c = pool.h2c.lock().await;
+        if h2c
+            .as_ref()
+            .is_some_and(|(s, used)| s.is_closed() || used.elapsed() >= idle_timeout)
+        {
+            *h2c = None;
+        }
     }
 }
 
@@ -301,8 +322,15 @@ impl UpstreamBody {
     }
 
     fn check_in_if_ended(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some((sender, pool)) = self.home.take()
+        if self.inner.is_end_stream() {
+            self.check_in();
+        }
+    }
+
+    /// Back to the pool. hyper hands it no new request before both directions of this
+    /// exchange are done (`checkout` takes only a free connection).
+    fn check_in(&mut self) {
+        if let Some((sender, pool)) = self.home.take()
             && let Some(pool) = pool.upgrade()
         {
             pool.checkin(sender);
@@ -320,7 +348,10 @@ impl HttpBody for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Ok(_)) | None) => self.check_in_if_ended(),
+            Poll::Ready(Some(Ok(_))) => self.check_in_if_ended(),
+            // The end of a chunked answer (or of one without a length), which `is_end_stream`
+            // does not report.
+            Poll::Ready(None) => self.check_in(),
             // A failed answer leaves its connection unusable: dropped with the body.
             Poll::Ready(Some(Err(_))) => self.home = None,
             Poll::Pending => {}
@@ -370,6 +401,11 @@ mod tests {
         NoContent,
         /// Half of a 10-byte body, then nothing.
         Half,
+        /// `200 ok` in chunked encoding, keep-alive.
+        Chunked,
+        /// `200 ok` to the first request; the second is read and the connection closed
+        /// without an answer.
+        OkThenSilence,
     }
 
     #[derive(Default)]
@@ -403,9 +439,15 @@ mod tests {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
-                            counts.requests.fetch_add(1, Ordering::SeqCst);
+                            let nth = counts.requests.fetch_add(1, Ordering::SeqCst);
+                            if matches!(answer, Answer::OkThenSilence) && nth > 0 {
+                                return;
+                            }
                             let reply: &[u8] = match answer {
-                                Answer::Ok | Answer::OkThenClose => {
+                                Answer::Chunked => {
+                                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                                }
+                                Answer::Ok | Answer::OkThenClose | Answer::OkThenSilence => {
                                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                                 }
                                 Answer::NoContent => b"HTTP/1.1 204 No Content\r\n\r\n",
@@ -601,6 +643,83 @@ mod tests {
         let next = tokio::time::timeout(Duration::from_secs(10), read_whole(&upstream)).await;
         assert_eq!(next.unwrap(), (200, Bytes::from_static(b"ok")));
         assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_read_whole_leave_their_connection_too() {
+        let (target, seen) = service(Answer::Chunked).await;
+        let upstream = upstream(target, Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(
+                read_whole(&upstream).await,
+                (200, Bytes::from_static(b"ok"))
+            );
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_the_service_read_and_left_unanswered_is_not_sent_again() {
+        let (target, seen) = service(Answer::OkThenSilence).await;
+        let upstream = upstream(target.clone(), Duration::from_secs(60));
+        read_whole(&upstream).await;
+        // Pooled and free: the second request goes on it, is read, and the service hangs up.
+        match upstream.send(get(&target)).await {
+            Err(UpstreamError::Http(e)) => assert!(e.is_incomplete_message(), "{e:?}"),
+            other => panic!("expected the exchange to fail, got {other:?}"),
+        }
+        // It reached the service once: not retried on a new connection.
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_h2c_requests_shares_one_connection() {
+        use hyper::server::conn::http2 as server;
+        use hyper_util::rt::TokioExecutor;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(server::Builder::new(TokioExecutor::new()).serve_connection(
+                    TokioIo::new(tcp),
+                    hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
+                    }),
+                ));
+            }
+        });
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port,
+            authority: format!("127.0.0.1:{port}"),
+            protocol: UpstreamProtocol::H2c,
+        };
+        let upstream = Arc::new(upstream(target.clone(), Duration::from_secs(60)));
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (upstream, authority) = (upstream.clone(), target.authority.clone());
+            burst.spawn(async move {
+                let (body, _sent) =
+                    Watched::request(full(""), Duration::from_secs(5), Activity::new());
+                let request = Request::builder()
+                    .uri(format!("http://{authority}/x"))
+                    .version(hyper::Version::HTTP_2)
+                    .body(body)
+                    .unwrap();
+                let response = upstream.send(request).await.unwrap();
+                response.into_body().collect().await.unwrap().to_bytes()
+            });
+        }
+        for body in burst.join_all().await {
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
