@@ -215,12 +215,13 @@ where
                 if self.timer.format_time(&mut writer).is_err() {
                     writer.write_str("<unknown time>")?;
                 }
-                return writeln!(
-                    writer,
-                    " {:>5} {}: {line}",
-                    meta.level().as_str(),
-                    meta.target()
-                );
+                // " {level:>5} {target}: {line}\n", without core::fmt.
+                let level = meta.level().as_str();
+                writer.write_str(&"      "[..6_usize.saturating_sub(level.len()).max(1)])?;
+                for part in [level, " ", meta.target(), ": ", &line, "\n"] {
+                    writer.write_str(part)?;
+                }
+                return Ok(());
             }
         }
         self.full.format_event(ctx, writer, event)
@@ -471,6 +472,8 @@ mod tests {
         tracing::info!(target: "meshgate::access", status = 1_u8, "{}", "formatted message");
         tracing::info!(target: "meshgate::access", "a message with\u{1b}[31m an escape");
         tracing::info!(target: "meshgate::access", error = &Failure as &(dyn std::error::Error + 'static), "request");
+        tracing::warn!(target: "meshgate::access", status = 2_u8, "request");
+        tracing::error!(target: "meshgate::access", status = 3_u8, "request");
         tracing::warn!(peer = "x", "not an access line");
     }
 
@@ -500,7 +503,7 @@ mod tests {
     fn access_lines_are_byte_for_byte_those_of_tracing_s_full_format() {
         let ours = formatted(true);
         let theirs = formatted(false);
-        assert_eq!(ours.lines().count(), 7, "{ours}");
+        assert_eq!(ours.lines().count(), 9, "{ours}");
         assert!(
             ours.starts_with("2026-11-27T00:00:00.000000Z  INFO meshgate::access: request direction=\"inbound\" peer=spiffe://bank.example/ns/shop/sa/checkout method=GET path=/v1/charges status=200 decision=\"allow\" rule=\"shop calls the benchmark path\" duration_ms=0.195\n"),
             "{ours}"

@@ -14,7 +14,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper::header::HOST;
-use hyper::http::uri::Authority;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -279,16 +279,14 @@ async fn relay(
     // Only the receiving gateway may say who the caller is.
     parts.headers.remove(XFCC);
     parts.headers.remove(HOST);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    parts.uri = Uri::builder()
-        .scheme("https")
-        .authority(authority)
-        .path_and_query(path_and_query)
-        .build()
+    // The app's path and query, moved rather than copied and parsed again.
+    let mut target = std::mem::take(&mut parts.uri).into_parts();
+    target.scheme = Some(Scheme::HTTPS);
+    target.authority = Some(authority);
+    if target.path_and_query.is_none() {
+        target.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(target)
         .map_err(|_| Refusal::BadRequest("the request target cannot be forwarded"))?;
     parts.version = Version::HTTP_2;
     if app_upgrade.is_some() {
