@@ -31,7 +31,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::listen::until;
 use crate::reply::{Body, Refusal, full};
 use crate::tcp::splice;
-use crate::upstream::{connect, not_answered};
+use crate::upstream::{connect, not_answered, spawn_connection};
 
 pub(crate) const WEBSOCKET: &str = "websocket";
 
@@ -210,7 +210,7 @@ async fn open_upstream_h2c(
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .map_err(|_| not_answered())?;
-    spawn_connection(upstream, conn);
+    spawn_connection(upstream, "WebSocket", conn);
     answered_in_time(upstream, limits, sender.send_request(req))
         .await?
         .map_err(|e| {
@@ -230,7 +230,7 @@ async fn open_upstream(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|_| not_answered())?;
-    spawn_connection(upstream, conn.with_upgrades());
+    spawn_connection(upstream, "WebSocket", conn.with_upgrades());
     answered_in_time(upstream, limits, sender.send_request(req))
         .await?
         .map_err(|e| {
@@ -260,19 +260,6 @@ pub(crate) fn response_timed_out(limits: &Limits) -> Refusal {
         "the service behind this gateway did not answer within {}s (limits.response_timeout)",
         limits.response_timeout.as_secs()
     ))
-}
-
-/// Drives a connection to the local service for as long as its tunnel lives.
-fn spawn_connection<F>(upstream: &Target, conn: F)
-where
-    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
-{
-    let authority = upstream.authority.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(upstream = %authority, "WebSocket connection to the local service ended: {e}");
-        }
-    });
 }
 
 /// The spliced streams of one connection. A connection's task waits for them before it ends,

@@ -216,7 +216,7 @@ impl Upstream {
         let (sender, conn) = http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(UpstreamError::Http)?;
-        spawn_connection(&self.target, conn);
+        spawn_connection(&self.target, "pooled HTTP/1.1", conn);
         Ok(sender)
     }
 
@@ -229,7 +229,7 @@ impl Upstream {
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(UpstreamError::Http)?;
-        spawn_connection(&self.target, conn);
+        spawn_connection(&self.target, "h2c", conn);
         Ok(sender)
     }
 }
@@ -259,14 +259,16 @@ async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
     }
 }
 
-fn spawn_connection<F>(target: &Target, conn: F)
+/// Drives a connection to the local service (`kind`, for the log: pooled, h2c, WebSocket) for as
+/// long as it lives.
+pub(crate) fn spawn_connection<F>(target: &Target, kind: &'static str, conn: F)
 where
     F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     let authority = target.authority.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(upstream = %authority, "connection to the local service ended: {e}");
+            tracing::debug!(upstream = %authority, "{kind} connection to the local service ended: {e}");
         }
     });
 }
@@ -504,16 +506,23 @@ mod tests {
         Upstream::new(target, Duration::from_secs(5), idle)
     }
 
-    #[tokio::test]
-    async fn answers_read_whole_leave_their_connection_for_the_next_request() {
-        let (target, seen) = service(Answer::Ok).await;
+    /// `n` requests one after another to a service answering `200 ok` as `answer` says, each
+    /// answer checked and read whole; what the service saw.
+    async fn ok_answers(answer: Answer, n: usize) -> Arc<Seen> {
+        let (target, seen) = service(answer).await;
         let upstream = upstream(target, Duration::from_secs(60));
-        for _ in 0..5 {
+        for _ in 0..n {
             assert_eq!(
                 read_whole(&upstream).await,
                 (200, Bytes::from_static(b"ok"))
             );
         }
+        seen
+    }
+
+    #[tokio::test]
+    async fn answers_read_whole_leave_their_connection_for_the_next_request() {
+        let seen = ok_answers(Answer::Ok, 5).await;
         assert_eq!(seen.requests.load(Ordering::SeqCst), 5);
         assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     }
@@ -549,14 +558,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_service_closed_is_replaced_and_nothing_fails() {
-        let (target, seen) = service(Answer::OkThenClose).await;
-        let upstream = upstream(target, Duration::from_secs(60));
-        for _ in 0..4 {
-            assert_eq!(
-                read_whole(&upstream).await,
-                (200, Bytes::from_static(b"ok"))
-            );
-        }
+        let seen = ok_answers(Answer::OkThenClose, 4).await;
         assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
         assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
     }
@@ -647,14 +649,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_answers_read_whole_leave_their_connection_too() {
-        let (target, seen) = service(Answer::Chunked).await;
-        let upstream = upstream(target, Duration::from_secs(60));
-        for _ in 0..5 {
-            assert_eq!(
-                read_whole(&upstream).await,
-                (200, Bytes::from_static(b"ok"))
-            );
-        }
+        let seen = ok_answers(Answer::Chunked, 5).await;
         assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     }
 
