@@ -100,7 +100,8 @@ impl Pool {
     }
 }
 
-/// Drops (closes) the connections idle for `idle_timeout` or more, and those already closed.
+/// Drops (closes) the connections idle for `idle_timeout` or more: the front of the list, which
+/// is oldest first. Closed ones further back are left to `checkout` and the sweeper.
 fn expire(idle: &mut Vec<Idle>, idle_timeout: Duration) {
     let fresh = idle
         .iter()
