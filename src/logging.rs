@@ -307,6 +307,14 @@ impl tracing::field::Visit for PlainFields<'_> {
         }
     }
 
+    // A duration in milliseconds to the microsecond (`duration_ms`) is written from its digits;
+    // any other float goes through `core::fmt`.
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if self.start(field).is_some() && !push_thousandths(self.line, value) {
+            let _ = write!(self.line, "{value:?}");
+        }
+    }
+
     fn record_error(
         &mut self,
         _field: &tracing::field::Field,
@@ -335,6 +343,51 @@ impl tracing::field::Visit for PlainFields<'_> {
             let _ = write!(self.line, "{value:?}");
         }
     }
+}
+
+/// Writes `value` as `Debug` of an `f64` would, if it is a whole number of thousandths below
+/// 10^9 (what `duration_ms` holds: microseconds / 1000); returns false, writing nothing,
+/// otherwise.
+///
+/// For such a value, the closest `f64` to n/1000, `Debug` writes the shortest decimal that reads
+/// back as the same `f64`, in positional notation (it switches to exponents only below 10^-4 or
+/// from 10^16 on): n/1000 itself with its trailing zeros dropped, and `.0` when it is whole. No
+/// shorter decimal reads back as it, since any other decimal with at most three places is at
+/// least 0.001 away, and below 10^9 the gap between two `f64` is under 10^-6.
+fn push_thousandths(line: &mut String, value: f64) -> bool {
+    if !(value.is_sign_positive() && value < 1e9) {
+        return false;
+    }
+    let scaled = (value * 1000.0).round();
+    if scaled / 1000.0 != value {
+        return false;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a whole number from 0 to 10^12"
+    )]
+    let n = scaled as u64;
+    line.push_str(itoa::Buffer::new().format(n / 1000));
+    line.push('.');
+    let mut fraction = n % 1000;
+    if fraction == 0 {
+        line.push('0');
+    } else {
+        // Three places, less the trailing zeros; the leading ones stay (5 → "005").
+        let mut places = 3;
+        while fraction.is_multiple_of(10) {
+            fraction /= 10;
+            places -= 1;
+        }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(fraction);
+        for _ in digits.len()..places {
+            line.push('0');
+        }
+        line.push_str(digits);
+    }
+    true
 }
 
 /// tracing-subscriber's `SystemTime` format (RFC 3339, UTC, microseconds), with the date and
@@ -376,13 +429,26 @@ impl tracing_subscriber::fmt::time::FormatTime for CachedTime {
                     })?;
                 *cached = (secs, text);
             }
-            Some(write!(w, "{}.{:06}Z", cached.1, now.subsec_micros()))
+            let tail = micros_tail(now.subsec_micros());
+            let tail = std::str::from_utf8(&tail).unwrap_or(".000000Z");
+            Some(w.write_str(&cached.1).and_then(|()| w.write_str(tail)))
         });
         match cached {
             Ok(Some(written)) => written,
             _ => uncached.format_time(w),
         }
     }
+}
+
+/// `.<micros, 6 digits>Z`, as `format!(".{micros:06}Z")` writes it for micros below 10^6,
+/// without core::fmt.
+fn micros_tail(mut micros: u32) -> [u8; 8] {
+    let mut tail = *b".000000Z";
+    for digit in tail[1..7].iter_mut().rev() {
+        *digit = b'0' + u8::try_from(micros % 10).unwrap_or(0);
+        micros /= 10;
+    }
+    tail
 }
 
 #[cfg(test)]
@@ -460,6 +526,15 @@ mod tests {
             bytes = -3_i64,
             whole = 2.0_f64,
             big = 1e21_f64,
+            zero = 0.0_f64,
+            thousandth = 0.001_f64,
+            half = 12.5_f64,
+            large = 123_456.789_f64,
+            inexact = 0.1_f64 + 0.2_f64,
+            tiny = 1e-7_f64,
+            negative_zero = -0.0_f64,
+            not_a_number = f64::NAN,
+            infinite = f64::INFINITY,
             upgraded = true,
             closed = false,
             least = i64::MIN,
@@ -509,6 +584,56 @@ mod tests {
             "{ours}"
         );
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn thousandths_are_written_as_debug_writes_them() {
+        let debug = |v: f64| format!("{v:?}");
+        let ours = |v: f64| {
+            let mut line = String::new();
+            push_thousandths(&mut line, v).then_some(line)
+        };
+        // Every duration up to 100 ms, then a spread of larger ones up to the bound.
+        let mut micros: Vec<u64> = (0..100_000).collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            micros.push(x % 1_000_000_000_000);
+        }
+        micros.extend([999_999_999_999, 1_000_000, 1_000_000_000]);
+        for m in micros {
+            #[expect(clippy::cast_precision_loss, reason = "below 2^53: exact")]
+            let v = m as f64 / 1000.0;
+            assert_eq!(ours(v), Some(debug(v)), "{m} µs");
+        }
+        // Not thousandths, or out of range: left to core::fmt.
+        for v in [
+            0.1 + 0.2,
+            1e-7,
+            0.000_5,
+            -0.0,
+            -1.5,
+            1e9,
+            1e21,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+        ] {
+            assert_eq!(ours(v), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_microseconds_are_written_as_core_fmt_writes_them() {
+        for micros in (0..1_000_000).step_by(7).chain([0, 9, 10, 999_999]) {
+            let tail = micros_tail(micros);
+            assert_eq!(
+                std::str::from_utf8(&tail).unwrap(),
+                format!(".{micros:06}Z")
+            );
+        }
     }
 
     #[test]

@@ -37,9 +37,10 @@ pub(crate) struct Watched {
     sent: Option<watch::Sender<bool>>,
 }
 
-/// Tells when a request body has been sent whole (or dropped by the client that was sending it).
+/// Tells when a request body has been sent whole (or dropped by the client that was sending it);
+/// `None` for a body with nothing to send, whole as soon as the request leaves.
 #[derive(Debug, Clone)]
-pub(crate) struct Sent(watch::Receiver<bool>);
+pub(crate) struct Sent(Option<watch::Receiver<bool>>);
 
 impl Watched {
     /// A response body on its way back to the caller.
@@ -47,10 +48,17 @@ impl Watched {
         Self::new(inner, idle, Some(activity), None)
     }
 
-    /// A request body on its way to the next hop, and the signal that it has been sent.
+    /// A request body on its way to the next hop, and the signal that it has been sent. A body
+    /// that has ended already (most requests have none) needs no signal: no channel is made.
     pub(crate) fn request(inner: Body, idle: Duration, activity: Arc<Activity>) -> (Self, Sent) {
+        if inner.is_end_stream() {
+            return (Self::new(inner, idle, Some(activity), None), Sent(None));
+        }
         let (tx, rx) = watch::channel(false);
-        (Self::new(inner, idle, Some(activity), Some(tx)), Sent(rx))
+        (
+            Self::new(inner, idle, Some(activity), Some(tx)),
+            Sent(Some(rx)),
+        )
     }
 
     fn new(
@@ -170,11 +178,12 @@ pub(crate) async fn answer<F: Future>(
     sent: Sent,
     timeout: Duration,
 ) -> Option<F::Output> {
-    let Sent(mut sent) = sent;
     let deadline = async move {
         // An error means the body was dropped: sent, or abandoned by the client; either way the
         // clock runs from now.
-        let _ = sent.wait_for(|done| *done).await;
+        if let Sent(Some(mut sent)) = sent {
+            let _ = sent.wait_for(|done| *done).await;
+        }
         tokio::time::sleep(timeout).await;
     };
     tokio::select! {
@@ -225,6 +234,19 @@ mod tests {
         assert!(!waited.is_finished());
         let _ = body.collect().await.unwrap();
         assert_eq!(waited.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn without_a_body_the_response_clock_starts_at_once() {
+        // The body is neither read nor dropped: nothing but its emptiness starts the clock.
+        let (body, sent) = Watched::request(full(""), Duration::from_secs(5), Activity::new());
+        let never = std::future::pending::<()>();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            answer(never, sent, Duration::from_millis(10)),
+        );
+        assert_eq!(waited.await.unwrap(), None);
+        drop(body);
     }
 
     #[tokio::test]
