@@ -11,7 +11,11 @@
 #                           client certificate verified, keep-alive pool) → nginx server sidecar → service,
 #               haproxy     the same with two HAProxy sidecars,
 #               meshgate    plain HTTP → shop's gateway outbound → HTTP/2 over mTLS (SPIFFE IDs
-#                           checked both ways, policy per request) → payments' inbound → service;
+#                           checked both ways, policy per request) → payments' inbound → service,
+#               floor       for reference, not a peer: the same path through a pair that does
+#                           nothing but forward, on meshgate's own crates (tokio on one thread,
+#                           hyper, tokio-rustls; gateway/examples/floor_pair.rs): what any gateway
+#                           on this stack can reach on this machine;
 #   handshakes  meshgate-loadgen: new connections, full TLS 1.3 mTLS handshakes with client
 #               certificates and no resumption, against the payments inbound, the nginx server
 #               sidecar and the HAProxy server sidecar;
@@ -67,6 +71,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/meshgate
 LOADGEN=$TARGET_DIR/release/meshgate-loadgen
 ENROLL_EXAMPLE=ca/examples/enroll_load.rs
+FLOOR_EXAMPLE=gateway/examples/floor_pair.rs
+FLOOR=$TARGET_DIR/release/examples/floor_pair
 
 TD=bench.example
 SHOP=spiffe://$TD/ns/shop/sa/checkout
@@ -195,11 +201,13 @@ MEM_CONNS=$((MAX_IDLE + 1000))
 HAP_MEM_CONNS=$MEM_CONNS
 if [ "$NOFILE" != unlimited ] && ((HAP_MEM_CONNS * 2 + 100 > NOFILE)); then HAP_MEM_CONNS=$(((NOFILE - 100) / 2)); fi
 
-HAVE_ENROLL=0
+HAVE_ENROLL=0 HAVE_FLOOR=0
 [ -f "$ENROLL_EXAMPLE" ] && HAVE_ENROLL=1
-step "cargo build --release --locked (meshgate, meshgate-loadgen$( ((HAVE_ENROLL)) && echo ", the CA enrollment example"))"
+[ -f "$FLOOR_EXAMPLE" ] && HAVE_FLOOR=1
+step "cargo build --release --locked (meshgate, meshgate-loadgen$( ((HAVE_ENROLL)) && echo ", the CA enrollment example")$( ((HAVE_FLOOR)) && echo ", the floor pair"))"
 cargo build --release --locked -p meshgate -p meshgate-loadgen
 ((HAVE_ENROLL)) && cargo build --release --locked -p meshgate-ca --example enroll_load
+((HAVE_FLOOR)) && cargo build --release --locked -p meshgate-gateway --example floor_pair
 [ -x "$BIN" ] && [ -x "$LOADGEN" ] || die "no binaries at $BIN and $LOADGEN after the build"
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +228,7 @@ pick_port() {
   die "no free port found on 127.0.0.1"
 }
 for v in CA_PORT CA_ADMIN UP_PORT SHOP_ADMIN SHOP_OUT PAY_ADMIN PAY_IN MEM_ADMIN MEM_IN \
-  NGX_CLIENT NGX_SERVER NGX_MEM HAP_CLIENT HAP_SERVER HAP_MEM; do
+  NGX_CLIENT NGX_SERVER NGX_MEM HAP_CLIENT HAP_SERVER HAP_MEM FLOOR_OUT FLOOR_IN; do
   pick_port "$v"
 done
 
@@ -355,6 +363,15 @@ for n in nginx-server nginx-mem nginx-client; do start_nginx "$n"; done
 for n in haproxy-server haproxy-mem haproxy-client; do start_haproxy "$n"; done
 for port in "$NGX_SERVER" "$NGX_MEM" "$HAP_SERVER" "$HAP_MEM"; do wait_port "$port"; done
 
+if ((HAVE_FLOOR)); then
+  step "floor pair (reference): $FLOOR_OUT → HTTP/2 over mTLS → $FLOOR_IN → service"
+  "$FLOOR" init "$WORK/floor" # a CA and two leaves minted now, with rcgen
+  start floor-in "$FLOOR" inbound "$WORK/floor" "127.0.0.1:$FLOOR_IN" "127.0.0.1:$UP_PORT"
+  wait_port "$FLOOR_IN"
+  start floor-out "$FLOOR" outbound "$WORK/floor" "127.0.0.1:$FLOOR_OUT" "127.0.0.1:$FLOOR_IN"
+  wait_port "$FLOOR_OUT"
+fi
+
 # ---------------------------------------------------------------------------------------------
 step "checks: each path answers 200 ok; every server requires and verifies a client certificate"
 declare -A URL=(
@@ -365,6 +382,12 @@ declare -A URL=(
 )
 PATHS=(direct nginx haproxy meshgate)
 PEERS=(nginx haproxy)
+PAIRS=("${PEERS[@]}" meshgate) # the proxy pairs whose processes are measured
+if ((HAVE_FLOOR)); then
+  URL[floor]="http://127.0.0.1:$FLOOR_OUT$BENCH_PATH"
+  PATHS+=(floor)
+  PAIRS+=(floor)
+fi
 for p in "${PATHS[@]}"; do
   wait_http "${URL[$p]}"
   body=$(curl -fsS --max-time 5 "${URL[$p]}") || die "${URL[$p]} failed"
@@ -391,12 +414,13 @@ done
 # ---------------------------------------------------------------------------------------------
 # CPU time (clock ticks) of a process and of its children (nginx workers), from /proc/PID/stat.
 TICKS=$(getconf CLK_TCK)
-cpu_of() {
-  local p total=0
+cpu_of() { # pid [user]: user and system time, or with "user" the user time alone
+  local p total=0 fields='$12 + $13'
+  [ "${2:-}" = user ] && fields='$12'
   for p in "$1" $(children "$1"); do
     [ -r "/proc/$p/stat" ] || continue
     # Fields after the command name (which may hold spaces): utime is 14th, stime 15th overall.
-    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk "{print $fields}")))
   done
   echo "$total"
 }
@@ -409,9 +433,15 @@ rss_of() {
   done
   echo "$total"
 }
-declare -A PAIR=([nginx]="nginx-client nginx-server" [haproxy]="haproxy-client haproxy-server" [meshgate]="gw-shop gw-payments")
-declare -A CPU0
-for p in "${PEERS[@]}" meshgate; do for n in ${PAIR[$p]}; do CPU0[$n]=$(cpu_of "$(pid_of "$n")"); done; done
+declare -A PAIR=([nginx]="nginx-client nginx-server" [haproxy]="haproxy-client haproxy-server" [meshgate]="gw-shop gw-payments"
+  [floor]="floor-out floor-in")
+declare -A CPU0 USER0
+for p in "${PAIRS[@]}"; do
+  for n in ${PAIR[$p]}; do
+    CPU0[$n]=$(cpu_of "$(pid_of "$n")")
+    USER0[$n]=$(cpu_of "$(pid_of "$n")" user)
+  done
+done
 
 # ---------------------------------------------------------------------------------------------
 # One wrk output → "req_per_s p50_ms p99_ms errors".
@@ -468,15 +498,17 @@ for c in $CONNECTIONS; do
 done
 
 # Peak RSS (VmHWM) and CPU of the proxies over the throughput runs, before anything else runs.
-for p in "${PEERS[@]}" meshgate; do
+for p in "${PAIRS[@]}"; do
   for n in ${PAIR[$p]}; do
     pid=$(pid_of "$n") hwm=0
     for q in "$pid" $(children "$pid"); do hwm=$((hwm + $(awk '/^VmHWM:/ {print $2}' "/proc/$q/status"))); done
     jq -nc --arg pair "$p" --arg proc "$n" --argjson hwm "$hwm" \
       --argjson cpu "$(awk -v t="$(($(cpu_of "$pid") - ${CPU0[$n]}))" -v hz="$TICKS" 'BEGIN { print t / hz }')" \
+      --argjson user "$(awk -v t="$(($(cpu_of "$pid" user) - ${USER0[$n]}))" -v hz="$TICKS" 'BEGIN { print t / hz }')" \
       --argjson reqs "${REQS[$p]}" \
-      '{kind: "proxy", pair: $pair, process: $proc, peak_rss_kb: $hwm, cpu_s: $cpu,
-        cpu_us_per_req: (if $reqs > 0 then ($cpu * 1e6 / $reqs * 10 | round / 10) else null end)}' >>"$ROWS"
+      '{kind: "proxy", pair: $pair, process: $proc, peak_rss_kb: $hwm, cpu_s: $cpu, user_s: $user,
+        cpu_us_per_req: (if $reqs > 0 then ($cpu * 1e6 / $reqs * 10 | round / 10) else null end),
+        user_us_per_req: (if $reqs > 0 then ($user * 1e6 / $reqs * 10 | round / 10) else null end)}' >>"$ROWS"
   done
 done
 

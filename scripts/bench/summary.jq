@@ -1,7 +1,8 @@
 # scripts/bench.sh: the measurement rows (one JSON object each, slurped) → the results document.
 # Ratios are meshgate / best peer; the best peer of a run is the peer (nginx or HAProxy pair)
 # with the higher geometric mean of req/s over the connection levels, and the one-line summary
-# takes the geometric mean of the per-level ratios against it.
+# takes the geometric mean of the per-level ratios against it. The floor pair (when the run has
+# it) is a reference, never a peer: the stack alone, against which meshgate's own cost shows.
 
 def geomean: if length == 0 or any(. <= 0) then null else (map(log) | add / length | exp) end;
 def r2: if . == null then null else (. * 100 | round) / 100 end;
@@ -19,7 +20,9 @@ def tp($rows; $path; $c): $rows | map(select(.kind == "throughput" and .path == 
     vs: $best,
     best_peer_at_this_level: ([$peers[] as $p | tp($rows; $p; $c)] | max_by(.rps) | .path),
     rps: ratio($m.rps; $b.rps), p50: ratio($m.p50_ms; $b.p50_ms), p99: ratio($m.p99_ms; $b.p99_ms),
-    meshgate_vs_direct_rps: ratio($m.rps; tp($rows; "direct"; $c).rps)
+    meshgate_vs_direct_rps: ratio($m.rps; tp($rows; "direct"; $c).rps),
+    floor_vs_best_peer_rps: ratio(tp($rows; "floor"; $c).rps; $b.rps),
+    meshgate_vs_floor_rps: ratio($m.rps; tp($rows; "floor"; $c).rps)
   }] as $per_level
 | ($per_level | map(.rps) | geomean | r2) as $rps_ratio
 | ($per_level | map(.p99) | geomean | r2) as $p99_ratio

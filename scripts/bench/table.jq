@@ -2,7 +2,8 @@
 
 def f($d): if . == null then "n/a" else (. * pow(10; $d) | round / pow(10; $d) | tostring) end;
 def row: "| " + (map(tostring) | join(" | ")) + " |";
-def pretty: {direct: "direct (service)", nginx: "nginx pair", haproxy: "HAProxy pair", meshgate: "meshgate pair"}[.] // .;
+def pretty: {direct: "direct (service)", nginx: "nginx pair", haproxy: "HAProxy pair", meshgate: "meshgate pair",
+  floor: "floor pair (reference)"}[.] // .;
 
 "meshgate benchmark (\(.mode)), \(.started_at), meshgate \(.commit)",
 "machine: \(.machine.cores) cores (\(.machine.cpu)), load average before: \(.machine.load_before)",
@@ -15,15 +16,15 @@ def pretty: {direct: "direct (service)", nginx: "nginx pair", haproxy: "HAProxy 
 "|---|---:|---:|---:|---:|---:|",
 (.throughput | sort_by(.connections)[] | [(.path | pretty), .connections, (.rps | f(0)), (.p50_ms | f(3)), (.p99_ms | f(3)), .errors] | row),
 "",
-(["meshgate / \(.ratios.best_peer | pretty)", "req/s", "p50", "p99", "meshgate / direct req/s"] | row),
-"|---|---:|---:|---:|---:|",
-(.ratios.per_level[] | ["at \(.connections) connections", .rps, .p50, .p99, .meshgate_vs_direct_rps] | row),
+(["meshgate / \(.ratios.best_peer | pretty)", "req/s", "p50", "p99", "meshgate / direct req/s", "floor / \(.ratios.best_peer | pretty) req/s", "meshgate / floor req/s"] | row),
+"|---|---:|---:|---:|---:|---:|---:|",
+(.ratios.per_level[] | ["at \(.connections) connections", .rps, .p50, .p99, .meshgate_vs_direct_rps, (.floor_vs_best_peer_rps | f(2)), (.meshgate_vs_floor_rps | f(2))] | row),
 "",
 "### Proxy processes over the throughput runs",
 "",
-(["pair", "process", "peak RSS MiB", "CPU s", "CPU µs/request"] | row),
-"|---|---|---:|---:|---:|",
-(.proxies[] | [(.pair | pretty), .process, (.peak_rss_kb / 1024 | f(1)), (.cpu_s | f(2)), (.cpu_us_per_req | f(1))] | row),
+(["pair", "process", "peak RSS MiB", "CPU s", "CPU µs/request", "of which user"] | row),
+"|---|---|---:|---:|---:|---:|",
+(.proxies[] | [(.pair | pretty), .process, (.peak_rss_kb / 1024 | f(1)), (.cpu_s | f(2)), (.cpu_us_per_req | f(1)), (.user_us_per_req | f(1))] | row),
 "",
 "### Handshakes (new connections, full TLS 1.3 mTLS handshake, no resumption)",
 "",

@@ -1,0 +1,268 @@
+//! The least a proxy pair on meshgate's required stack does per request, to measure against
+//! (not shipped; docs/profiles/gateway-2026-11-27.md, "The floor of the stack").
+//!
+//!     cargo run --release -p meshgate-gateway --example floor_pair -- init DIR
+//!     floor_pair inbound DIR LISTEN SERVICE     # HTTP/2 over mTLS in, HTTP/1.1 out
+//!     floor_pair outbound DIR LISTEN INBOUND    # HTTP/1.1 in, HTTP/2 over mTLS out
+//!
+//! The same path as a meshgate pair (plain HTTP/1.1 → outbound → one HTTP/2 connection over
+//! TLS 1.3 with client certificates verified both ways → inbound → a keep-alive HTTP/1.1 pool
+//! → service), on the same crates (tokio on one thread, hyper, tokio-rustls with ring), and
+//! nothing else: no SPIFFE ID or policy check, no access log, no metrics, no timeouts, no
+//! header rules, no limits, no renewal, no audit. The service's answer is read whole before
+//! it is forwarded (the floor: a small body costs less that way than streamed). What this
+//! pair reaches on a machine bounds what any gateway built on these crates can reach there.
+//!
+//! `init` mints a CA and two leaf certificates with rcgen (P-256, as the SVIDs) into DIR;
+//! nothing is committed. Every address must be on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::http::uri::{Authority, Scheme};
+use hyper::service::service_fn;
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+// As in the `meshgate` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A request that could not be forwarded (a concrete type: hyper's services want one).
+#[derive(Debug)]
+struct Failed(String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+fn failed(e: impl std::fmt::Display) -> Failed {
+    Failed(e.to_string())
+}
+
+const USAGE: &str =
+    "usage: floor_pair init DIR | inbound DIR LISTEN SERVICE | outbound DIR LISTEN INBOUND";
+const SERVER_NAME: &str = "inbound.floor.example";
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match args.as_slice() {
+        ["init", dir] => init(Path::new(dir)),
+        ["inbound", dir, listen, service] => {
+            let (listen, service) = (loopback(listen)?, loopback(service)?);
+            rt.block_on(inbound(Path::new(dir), listen, service))
+        }
+        ["outbound", dir, listen, peer] => {
+            let (listen, peer) = (loopback(listen)?, loopback(peer)?);
+            rt.block_on(outbound(Path::new(dir), listen, peer))
+        }
+        _ => Err(USAGE.into()),
+    }
+}
+
+fn loopback(addr: &str) -> Result<SocketAddr, Error> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?}: expected 127.0.0.1:PORT"))?;
+    if !parsed.ip().is_loopback() {
+        return Err(format!("{addr:?}: only 127.0.0.1 addresses are accepted").into());
+    }
+    Ok(parsed)
+}
+
+/// A CA and two leaves (the inbound's with its DNS name, the outbound's), PEM files in `dir`.
+fn init(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "floor_pair CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    for (name, san) in [
+        ("inbound", SanType::DnsName(SERVER_NAME.try_into()?)),
+        (
+            "outbound",
+            SanType::URI("spiffe://floor.example/outbound".try_into()?),
+        ),
+    ] {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![san];
+        let cert = params.signed_by(&key, &issuer)?;
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load(
+    dir: &Path,
+    name: &str,
+) -> Result<
+    (
+        RootCertStore,
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+    ),
+    Error,
+> {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(dir.join("ca.pem"))?)?;
+    let chain = vec![CertificateDer::from_pem_file(
+        dir.join(format!("{name}.pem")),
+    )?];
+    let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key")))?;
+    Ok((roots, chain, key))
+}
+
+async fn inbound(dir: &Path, listen: SocketAddr, service: SocketAddr) -> Result<(), Error> {
+    let (roots, chain, key) = load(dir, "inbound")?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.send_tls13_tickets = 0;
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let pool = Arc::new(Pool {
+        service,
+        idle: Mutex::new(Vec::new()),
+    });
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!("floor_pair inbound on {listen}, service {service}");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let (acceptor, pool) = (acceptor.clone(), pool.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc = service_fn(move |req| {
+                let pool = pool.clone();
+                async move { pool.forward(req).await }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+/// Keep-alive HTTP/1.1 connections to the service, most recently used first.
+struct Pool {
+    service: SocketAddr,
+    idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
+}
+
+impl Pool {
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Failed> {
+        let mut sender = loop {
+            let idle = self.idle.lock().map_err(failed)?.pop();
+            match idle {
+                Some(s) if s.is_ready() => break s,
+                Some(_) => continue,
+                None => {
+                    let tcp = TcpStream::connect(self.service).await.map_err(failed)?;
+                    tcp.set_nodelay(true).map_err(failed)?;
+                    let (s, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(failed)?;
+                    tokio::spawn(conn);
+                    break s;
+                }
+            }
+        };
+        // HTTP/1.1 wants a path and a Host; HTTP/2 gave :authority.
+        if let Some(a) = req.uri().authority().cloned()
+            && !req.headers().contains_key(hyper::header::HOST)
+        {
+            let host = a.as_str().parse().map_err(failed)?;
+            req.headers_mut().insert(hyper::header::HOST, host);
+        }
+        *req.uri_mut() = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        *req.version_mut() = hyper::Version::HTTP_11;
+        let response = sender.send_request(req).await.map_err(failed)?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(failed)?.to_bytes();
+        self.idle.lock().map_err(failed)?.push(sender);
+        Ok(Response::from_parts(parts, Full::new(body)))
+    }
+}
+
+async fn outbound(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<(), Error> {
+    let (roots, chain, key) = load(dir, "outbound")?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    let tcp = TcpStream::connect(peer).await?;
+    tcp.set_nodelay(true)?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER_NAME)?, tcp)
+        .await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(Box::pin(tls)))
+        .await?;
+    tokio::spawn(conn);
+    let authority = Authority::from_static(SERVER_NAME);
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!("floor_pair outbound on {listen}, inbound {peer}");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let (sender, authority) = (sender.clone(), authority.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                let mut sender = sender.clone();
+                let authority = authority.clone();
+                async move {
+                    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+                    parts.scheme = Some(Scheme::HTTPS);
+                    parts.authority = Some(authority);
+                    *req.uri_mut() = Uri::from_parts(parts).map_err(failed)?;
+                    *req.version_mut() = hyper::Version::HTTP_2;
+                    req.headers_mut().remove(hyper::header::HOST);
+                    sender.send_request(req).await.map_err(failed)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
