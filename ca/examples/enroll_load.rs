@@ -17,20 +17,24 @@
 //! each time). The agents' state directories go under `--client-dir` (default `/dev/shm` when it
 //! exists): a real agent keeps its state on its own machine, so its fsyncs are not the CA's.
 //!
-//! Last, `--enrollments` more enrollments, with tokens of their own, go over kept-alive
+//! Next, `--enrollments` more enrollments, with tokens of their own, go over kept-alive
 //! connections: each client opens one TLS connection to the CA and sends its enrollments on it
 //! one after another, each with a new key, a CSR and its own token, and checks each answer (see
 //! `keep_alive`) without writing it anywhere. That is the CA's issuance capacity without a TLS
 //! handshake per enrollment on both sides (measured on its own as handshakes/s) and without the
 //! agents' files.
 //!
+//! Then the same kept-alive clients enroll `--enrollments` times against the floor (`floor`
+//! below): a server on the same stack that checks the CSR and signs, and does nothing durable.
+//! Its rate bounds the CA's on this machine with these clients.
+//!
 //! Stdout gets exactly one JSON line:
-//! `{"enroll_per_sec", "renew_per_sec", "enroll_kept_alive_per_sec", "enrollments", "renewals",
-//! "enrollments_kept_alive", "errors", "clients", "ecdsa_p256_sign_per_sec",
-//! "ecdsa_p256_verify_per_sec"}`: rates count successes only, over the wall time of their phase;
-//! a failed request is an error, never throughput. The raw rates are
-//! ring's `ECDSA_P256_SHA256_ASN1` signing and verifying a 300-byte message in a loop for about
-//! a second each, on one thread; the CA server (and the clients, which share the machine) use
+//! `{"enroll_per_sec", "renew_per_sec", "enroll_kept_alive_per_sec",
+//! "floor_enroll_kept_alive_per_sec", "enrollments", "renewals", "enrollments_kept_alive",
+//! "errors", "clients", "ecdsa_p256_sign_per_sec", "ecdsa_p256_verify_per_sec"}`: rates count
+//! successes only, over the wall time of their phase; a failed request is an error, never
+//! throughput. The raw rates are ring's `ECDSA_P256_SHA256_ASN1` signing and verifying a
+//! 300-byte message in a loop for about a second each, on one thread; the CA server (and the clients, which share the machine) use
 //! every core, so the machine's bound is about these rates times the number of cores. Progress
 //! and the process's CPU time per operation (clients and server together) go to stderr.
 
@@ -93,6 +97,7 @@ fn main() -> Result<(), Error> {
         "enroll_per_sec": round(load.enroll_per_sec),
         "renew_per_sec": round(load.renew_per_sec),
         "enroll_kept_alive_per_sec": round(load.kept_alive_per_sec),
+        "floor_enroll_kept_alive_per_sec": round(load.floor_per_sec),
         "enrollments": load.enrollments,
         "renewals": load.renewals,
         "enrollments_kept_alive": load.kept_alive,
@@ -189,6 +194,7 @@ struct Load {
     renew_per_sec: f64,
     kept_alive_per_sec: f64,
     kept_alive: usize,
+    floor_per_sec: f64,
     enrollments: usize,
     renewals: usize,
     errors: usize,
@@ -344,14 +350,33 @@ async fn run(args: &Args, server_rt: &tokio::runtime::Handle) -> Result<Load, Er
     server_rt
         .spawn(async move { server.shutdown().await })
         .await?;
+
+    let (n, key) = (args.enrollments, args.ca_key);
+    let mut floor = server_rt
+        .spawn(async move { floor::start(n, key).await })
+        .await??;
+    eprintln!(
+        "enrolling over kept-alive connections against the floor (no token lookup, no datastore, no audit)"
+    );
+    let tokens = Arc::new(std::mem::take(&mut floor.tokens));
+    let at_floor = keep_alive::run(floor.addr, tokens, args).await;
+    floor.stop();
+    report(
+        "floor (kept-alive connections)",
+        at_floor.ok,
+        at_floor.secs,
+        at_floor.cpu,
+        &at_floor.errors,
+    );
     Ok(Load {
         enroll_per_sec: rate(enrolled, enroll_secs),
         renew_per_sec: rate(renewed, renew_secs),
         kept_alive_per_sec: rate(kept.ok, kept.secs),
         kept_alive: kept.ok,
+        floor_per_sec: rate(at_floor.ok, at_floor.secs),
         enrollments: enrolled,
         renewals: renewed,
-        errors: errors.len() + unattempted + kept.errors.len(),
+        errors: errors.len() + unattempted + kept.errors.len() + at_floor.errors.len(),
     })
 }
 
@@ -649,5 +674,211 @@ mod keep_alive {
             return Err("the SVID does not hold the key the CSR was made with".into());
         }
         Ok(())
+    }
+}
+
+/// The floor: the same kept-alive clients against a server that does only what no CA on this
+/// stack can skip. It speaks TLS 1.3 (the CA's own server config: the meshgate identity
+/// module, ring) and HTTP/1.1 (hyper), reads the JSON request, parses the token, checks the
+/// CSR (`check_csr`: parsed, its signature verified, its SPIFFE ID) and signs a leaf with the
+/// CA's profile (`profile::leaf_params`) under an intermediate of its own, and answers with
+/// the chain and the bundle. It does not look the token up, spend it, record the certificate,
+/// write an audit event or sync anything to disk; it has no rate limits, metrics or timeouts,
+/// and it signs on the runtime's threads. Its PKI (root, intermediate, its own SVID as
+/// `spiffe://<td>/meshgate/ca`) is made at start, and so are the tokens, which pin its root:
+/// the clients check its answers exactly as they check the CA's.
+///
+/// What the clients reach against it bounds what the CA can reach on this machine with these
+/// clients: the CA does all of this and more.
+mod floor {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, Limited};
+    use hyper::body::Incoming;
+    use hyper::header::CONTENT_TYPE;
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::rt::TokioIo;
+    use meshgate_ca::csr::check_csr;
+    use meshgate_ca::profile::{
+        INTERMEDIATE_TTL, LEAF_TTL, ROOT_TTL, add_subject_key_identifier, intermediate_params,
+        leaf_params, root_params,
+    };
+    use meshgate_identity::api::{
+        BootstrapToken, CA_ID_PATH, EnrollRequest, PATH_ENROLL, SvidResponse, TOKEN_SECRET_BYTES,
+        TokenClaims,
+    };
+    use meshgate_identity::bundle::pem_encode;
+    use meshgate_identity::svid::sha256_of;
+    use meshgate_identity::tls::{ALPN_HTTP11, Credentials, certified_key, server_config};
+    use meshgate_identity::verifier::{SharedBundles, SpiffeClientVerifier};
+    use meshgate_identity::{BundleSet, SpiffeId, TrustBundle, TrustDomain};
+    use rcgen::{Issuer, KeyPair, SubjectPublicKeyInfo};
+    use ring::rand::SecureRandom as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use time::OffsetDateTime;
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::{Error, TRUST_DOMAIN};
+
+    /// The largest request body read (a token and a CSR are well under 4 KiB).
+    const MAX_BODY: usize = 64 * 1024;
+
+    pub struct Floor {
+        pub addr: SocketAddr,
+        pub tokens: Vec<BootstrapToken>,
+        accept: tokio::task::JoinHandle<()>,
+    }
+
+    impl Floor {
+        pub fn stop(&self) {
+            self.accept.abort();
+        }
+    }
+
+    /// What every request needs: the signing intermediate, and the PEM that goes with each
+    /// answer.
+    struct Signing {
+        intermediate: Issuer<'static, KeyPair>,
+        intermediate_pem: String,
+        bundle_pem: String,
+        cap: OffsetDateTime,
+    }
+
+    /// Makes the PKI and `n` tokens for it, and serves on 127.0.0.1 (a free port).
+    pub async fn start(n: usize, key_type: meshgate_ca::KeyType) -> Result<Floor, Error> {
+        let td = TrustDomain::parse(TRUST_DOMAIN)?;
+        let now = OffsetDateTime::now_utc();
+        let root_key = key_type.generate()?;
+        let root_params = root_params(&td, now, ROOT_TTL)?;
+        let cap = root_params.not_after;
+        let root = root_params.self_signed(&root_key)?;
+        let root_issuer = Issuer::new(root_params, root_key);
+        let intermediate_key = key_type.generate()?;
+        let params = intermediate_params(&td, now, INTERMEDIATE_TTL, cap)?;
+        let cap = params.not_after;
+        let intermediate = params.signed_by(&intermediate_key, &root_issuer)?;
+        let intermediate_issuer = Issuer::new(params, intermediate_key);
+
+        // Its own SVID, for the CA's ID, as the clients expect of the CA.
+        let own_key = key_type.generate()?;
+        let ca_id = SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}{CA_ID_PATH}"))?;
+        let mut own = leaf_params(&ca_id, &[], now, LEAF_TTL, cap)?;
+        add_subject_key_identifier(&mut own, &own_key);
+        let own = own.signed_by(&own_key, &intermediate_issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(own_key.serialize_der()));
+        // Root included, as the CA sends it: a client without a bundle checks it against its pin.
+        let chain = vec![
+            own.der().clone(),
+            intermediate.der().clone(),
+            root.der().clone(),
+        ];
+        let creds = Arc::new(Credentials::new(certified_key(chain, key)?));
+        let bundle = TrustBundle::new(td, vec![root.der().clone()])?;
+        let bundles = Arc::new(SharedBundles::new(BundleSet::single(bundle.clone())));
+        let verifier = Arc::new(SpiffeClientVerifier::optional(bundles));
+        let tls = server_config(creds, verifier, &[ALPN_HTTP11])?;
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let pin = hex::encode(sha256_of(root.der()));
+        let expires_at = (now + Duration::from_secs(3600)).unix_timestamp();
+        let rng = ring::rand::SystemRandom::new();
+        let mut tokens = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut secret = [0u8; TOKEN_SECRET_BYTES];
+            rng.fill(&mut secret).map_err(|_| "no random bytes")?;
+            let claims = TokenClaims {
+                ca_url: format!("https://{addr}"),
+                root_sha256: pin.clone(),
+                spiffe_id: SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}/ns/floor/sa/w{i}"))?,
+                expires_at,
+            };
+            tokens.push(BootstrapToken::new(claims, secret));
+        }
+        let signing = Arc::new(Signing {
+            intermediate: intermediate_issuer,
+            intermediate_pem: pem_encode("CERTIFICATE", intermediate.der()),
+            bundle_pem: bundle.to_pem(),
+            cap,
+        });
+        let accept = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, signing) = (acceptor.clone(), signing.clone());
+                tokio::spawn(async move {
+                    if tcp.set_nodelay(true).is_err() {
+                        return;
+                    }
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        let signing = signing.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(&signing, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Floor {
+            addr,
+            tokens,
+            accept,
+        })
+    }
+
+    async fn answer(signing: &Signing, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::POST || req.uri().path() != PATH_ENROLL {
+            return reply(StatusCode::NOT_FOUND, "no such endpoint".into());
+        }
+        match enroll(signing, req).await {
+            Ok(body) => {
+                let mut response = reply(StatusCode::OK, body);
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(e) => reply(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+
+    async fn enroll(signing: &Signing, req: Request<Incoming>) -> Result<String, Error> {
+        let body = Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await?
+            .to_bytes();
+        let request: EnrollRequest = serde_json::from_slice(&body)?;
+        let token = BootstrapToken::parse(&request.token)?;
+        let id = &token.claims().spiffe_id;
+        let csr = CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes())?;
+        let checked = check_csr(csr.as_ref(), id)?;
+        let public_key = SubjectPublicKeyInfo::from_der(&checked.spki_der)?;
+        let now = OffsetDateTime::now_utc();
+        let mut params = leaf_params(id, &[], now, LEAF_TTL, signing.cap)?;
+        add_subject_key_identifier(&mut params, &public_key);
+        let expires_at = params.not_after.unix_timestamp();
+        let leaf = params.signed_by(&public_key, &signing.intermediate)?;
+        let mut svid = pem_encode("CERTIFICATE", leaf.der());
+        svid.push_str(&signing.intermediate_pem);
+        Ok(serde_json::to_string(&SvidResponse {
+            svid,
+            bundle: signing.bundle_pem.clone(),
+            expires_at,
+        })?)
+    }
+
+    fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
     }
 }

@@ -58,7 +58,7 @@ def tp($rows; $path; $c): $rows | map(select(.kind == "throughput" and .path == 
       {goal: "<= 40 KiB per idle mTLS connection (at \($mesh_most.connections // 0))",
        value: $mesh_most.per_conn_kb, met: ($mesh_most.per_conn_kb != null and $mesh_most.per_conn_kb <= 40)}
     ] + (if $ca == null then [] else [
-      {goal: "CA enrollments/s >= 5000 (kept-alive connections; a new connection each: \($ca.enroll_per_sec))",
+      {goal: "CA enrollments/s >= 5000 (kept-alive connections; a new connection each: \($ca.enroll_per_sec); the floor server with the same clients: \($ca.floor_enroll_kept_alive_per_sec // "n/a"))",
        value: $ca.enroll_kept_alive_per_sec,
        met: (($ca.enroll_kept_alive_per_sec // 0) >= 5000 and ($ca.errors // 1) == 0)}
     ] end)),
