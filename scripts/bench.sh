@@ -406,7 +406,9 @@ denied=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$
 [ "$denied" = 403 ] || die "meshgate answered $denied to a path the policy does not allow (want 403)"
 code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 "https://127.0.0.1:$NGX_SERVER$BENCH_PATH" || true)
 [ "$code" = 400 ] || die "the nginx server sidecar answered $code to a client without a certificate (want 400)"
-for port in "$HAP_SERVER" "$PAY_IN"; do
+REFUSING=("$HAP_SERVER" "$PAY_IN")
+((HAVE_FLOOR)) && REFUSING+=("$FLOOR_IN")
+for port in "${REFUSING[@]}"; do
   code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 "https://127.0.0.1:$port$BENCH_PATH" || true)
   [ "$code" = 000 ] || die "127.0.0.1:$port answered $code to a client without a certificate (want a refused handshake)"
 done
