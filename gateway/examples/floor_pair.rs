@@ -4,14 +4,22 @@
 //!     cargo run --release -p meshgate-gateway --example floor_pair -- init DIR
 //!     floor_pair inbound DIR LISTEN SERVICE     # HTTP/2 over mTLS in, HTTP/1.1 out
 //!     floor_pair outbound DIR LISTEN INBOUND    # HTTP/1.1 in, HTTP/2 over mTLS out
+//!     floor_pair outbound DIR LISTEN INBOUND http1   # the same with HTTP/1.1 over mTLS out
 //!
 //! The same path as a meshgate pair (plain HTTP/1.1 → outbound → one HTTP/2 connection over
 //! TLS 1.3 with client certificates verified both ways → inbound → a keep-alive HTTP/1.1 pool
 //! → service), on the same crates (tokio on one thread, hyper, tokio-rustls with ring), and
 //! nothing else: no SPIFFE ID or policy check, no access log, no metrics, no timeouts, no
-//! header rules, no limits, no renewal, no audit. The service's answer is read whole before
-//! it is forwarded (the floor: a small body costs less that way than streamed). What this
-//! pair reaches on a machine bounds what any gateway built on these crates can reach there.
+//! header rules, no limits, no renewal, no audit; mimalloc, as the `meshgate` binary. The
+//! service's answer is read whole before it is forwarded (the benchmark's answers are a few
+//! bytes). What this pair reaches on a machine bounds what any gateway built on these crates
+//! can reach there.
+//!
+//! With `http1`, the outbound opens one TLS connection to the inbound per caller's connection
+//! and sends HTTP/1.1 over it, as the nginx and HAProxy pairs do; the inbound takes either (by
+//! ALPN). On the development machine that variant was slower than HTTP/2 between the pair and
+//! spent more CPU per request (docs/profiles/gateway-2026-11-27.md), so the benchmark runs the
+//! HTTP/2 one.
 //!
 //! `init` mints a CA and two leaf certificates with rcgen (P-256, as the SVIDs) into DIR;
 //! nothing is committed. Every address must be on 127.0.0.1.
@@ -59,7 +67,7 @@ fn failed(e: impl std::fmt::Display) -> Failed {
 }
 
 const USAGE: &str =
-    "usage: floor_pair init DIR | inbound DIR LISTEN SERVICE | outbound DIR LISTEN INBOUND";
+    "usage: floor_pair init DIR | inbound DIR LISTEN SERVICE | outbound DIR LISTEN INBOUND [http1]";
 const SERVER_NAME: &str = "inbound.floor.example";
 
 fn main() -> Result<(), Error> {
@@ -77,6 +85,10 @@ fn main() -> Result<(), Error> {
         ["outbound", dir, listen, peer] => {
             let (listen, peer) = (loopback(listen)?, loopback(peer)?);
             rt.block_on(outbound(Path::new(dir), listen, peer))
+        }
+        ["outbound", dir, listen, peer, "http1"] => {
+            let (listen, peer) = (loopback(listen)?, loopback(peer)?);
+            rt.block_on(outbound_http1(Path::new(dir), listen, peer))
         }
         _ => Err(USAGE.into()),
     }
@@ -152,7 +164,7 @@ async fn inbound(dir: &Path, listen: SocketAddr, service: SocketAddr) -> Result<
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.send_tls13_tickets = 0;
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let pool = Arc::new(Pool {
@@ -169,13 +181,20 @@ async fn inbound(dir: &Path, listen: SocketAddr, service: SocketAddr) -> Result<
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let svc = service_fn(move |req| {
                 let pool = pool.clone();
                 async move { pool.forward(req).await }
             });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            if h2 {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            }
         });
     }
 }
@@ -258,6 +277,58 @@ async fn outbound(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<()
                     *req.version_mut() = hyper::Version::HTTP_2;
                     req.headers_mut().remove(hyper::header::HOST);
                     sender.send_request(req).await.map_err(failed)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+/// The outbound side with HTTP/1.1 between the gateways, as the nginx and HAProxy pairs do: each
+/// caller's connection gets a TLS connection of its own to the inbound, opened at its first
+/// request and kept for the next ones.
+async fn outbound_http1(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<(), Error> {
+    let (roots, chain, key) = load(dir, "outbound")?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    let connector = TlsConnector::from(Arc::new(config));
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!("floor_pair outbound (HTTP/1.1 between the pair) on {listen}, inbound {peer}");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let connector = connector.clone();
+        let upstream: Arc<tokio::sync::Mutex<Option<http1::SendRequest<Incoming>>>> =
+            Arc::default();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (connector, upstream) = (connector.clone(), upstream.clone());
+                async move {
+                    let mut slot = upstream.lock().await;
+                    if slot.as_ref().is_none_or(|s| !s.is_ready()) {
+                        let tcp = TcpStream::connect(peer).await.map_err(failed)?;
+                        tcp.set_nodelay(true).map_err(failed)?;
+                        let name = ServerName::try_from(SERVER_NAME).map_err(failed)?;
+                        let tls = connector.connect(name, tcp).await.map_err(failed)?;
+                        let (s, conn) = http1::handshake(TokioIo::new(Box::pin(tls)))
+                            .await
+                            .map_err(failed)?;
+                        tokio::spawn(conn);
+                        *slot = Some(s);
+                    }
+                    let Some(sender) = slot.as_mut() else {
+                        return Err(failed("no connection to the inbound"));
+                    };
+                    let response = sender.send_request(req).await.map_err(failed)?;
+                    let (parts, body) = response.into_parts();
+                    let body = body.collect().await.map_err(failed)?.to_bytes();
+                    Ok::<_, Failed>(Response::from_parts(parts, Full::new(body)))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
