@@ -12,8 +12,8 @@
 //! nothing else: no SPIFFE ID or policy check, no access log, no metrics, no timeouts, no
 //! header rules, no limits, no renewal, no audit; mimalloc, as the `meshgate` binary. The
 //! service's answer is read whole before it is forwarded (the benchmark's answers are a few
-//! bytes). What this pair reaches on a machine bounds what any gateway built on these crates
-//! can reach there.
+//! bytes). What this pair reaches on a machine bounds what a gateway of meshgate's design (one
+//! HTTP/2 connection between the pair through hyper, one thread a side) can reach there.
 //!
 //! With `http1`, the outbound opens one TLS connection to the inbound per caller's connection
 //! and sends HTTP/1.1 over it, as the nginx and HAProxy pairs do; the inbound takes either (by
