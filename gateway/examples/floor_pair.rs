@@ -241,14 +241,21 @@ impl Pool {
     }
 }
 
-async fn outbound(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<(), Error> {
+/// The outbound's TLS 1.3 client config: its certificate, the CA as the only root, `alpn`, no
+/// resumption.
+fn client_config(dir: &Path, alpn: &[u8]) -> Result<ClientConfig, Error> {
     let (roots, chain, key) = load(dir, "outbound")?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+async fn outbound(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<(), Error> {
+    let config = client_config(dir, b"h2")?;
     let tcp = TcpStream::connect(peer).await?;
     tcp.set_nodelay(true)?;
     let tls = TlsConnector::from(Arc::new(config))
@@ -290,14 +297,7 @@ async fn outbound(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<()
 /// caller's connection gets a TLS connection of its own to the inbound, opened at its first
 /// request and kept for the next ones.
 async fn outbound_http1(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<(), Error> {
-    let (roots, chain, key) = load(dir, "outbound")?;
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.resumption = rustls::client::Resumption::disabled();
-    let connector = TlsConnector::from(Arc::new(config));
+    let connector = TlsConnector::from(Arc::new(client_config(dir, b"http/1.1")?));
     let listener = TcpListener::bind(listen).await?;
     eprintln!("floor_pair outbound (HTTP/1.1 between the pair) on {listen}, inbound {peer}");
     loop {
