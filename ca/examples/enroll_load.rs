@@ -35,9 +35,10 @@
 //! "errors", "clients", "ecdsa_p256_sign_per_sec", "ecdsa_p256_verify_per_sec"}`: rates count
 //! successes only, over the wall time of their phase; a failed request is an error, never
 //! throughput. The raw rates are ring's `ECDSA_P256_SHA256_ASN1` signing and verifying a
-//! 300-byte message in a loop for about a second each, on one thread; the CA server (and the clients, which share the machine) use
-//! every core, so the machine's bound is about these rates times the number of cores. Progress
-//! and the process's CPU time per operation (clients and server together) go to stderr.
+//! 300-byte message in a loop for about a second each, on one thread; the CA server (and the
+//! clients, which share the machine) use every core, so the machine's bound is about these rates
+//! times the number of cores. Progress and the process's CPU time per operation (clients and
+//! server together) go to stderr.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
