@@ -12,10 +12,10 @@
 #               haproxy     the same with two HAProxy sidecars,
 #               meshgate    plain HTTP → shop's gateway outbound → HTTP/2 over mTLS (SPIFFE IDs
 #                           checked both ways, policy per request) → payments' inbound → service,
-#               floor       for reference, not a peer: the same path through a pair that does
-#                           nothing but forward, on meshgate's own crates (tokio on one thread,
-#                           hyper, tokio-rustls; gateway/examples/floor_pair.rs): what any gateway
-#                           on this stack can reach on this machine;
+#               floor       for reference, not a peer: the same path through a pair of meshgate's
+#                           design that does nothing but forward, on meshgate's own crates (tokio
+#                           on one thread, hyper, tokio-rustls; gateway/examples/floor_pair.rs):
+#                           the distance to it is what meshgate's own work costs;
 #   handshakes  meshgate-loadgen: new connections, full TLS 1.3 mTLS handshakes with client
 #               certificates and no resumption, against the payments inbound, the nginx server
 #               sidecar and the HAProxy server sidecar;
