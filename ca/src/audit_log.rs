@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use meshgate_audit::{
     AuditError, AuditEvent, AuditSink, AuditWriter, CheckpointPolicy, CheckpointSigner, Component,
-    Durable, LogOptions, Queued, Rotation, SystemClock,
+    Durable, LogOptions, Rotation, SystemClock,
 };
 
 use crate::error::CaError;
@@ -60,34 +60,35 @@ impl CaAudit {
             .map_err(|e| CaError::Audit(e.to_string()))
     }
 
-    /// Writes `events` in order and resolves once the last one is on disk, without holding a
-    /// thread while the batch syncs. Only a full queue sends the rest to the blocking pool, to
-    /// wait for room there, in the same order.
-    pub async fn record_durable_async(
-        self: &Arc<Self>,
+    /// Queues `events` in order (blocking while the queue is full) and calls `done` from the
+    /// log's thread once the last is on disk, with the first failure of any of them. On an
+    /// error here `done` is never called.
+    pub fn record_all_then(
+        &self,
         events: Vec<AuditEvent>,
+        done: Box<dyn FnOnce(Result<(), CaError>) + Send>,
     ) -> Result<(), CaError> {
-        if events.is_empty() {
+        let n = events.len();
+        if n == 0 {
+            done(Ok(()));
             return Ok(());
         }
-        // Every event reports; the writer thread answers them in order, so when the last one
-        // is answered the others have been. One refused on its own (the writer goes on) fails
-        // the whole call all the same.
-        let (tx, synced) = tokio::sync::oneshot::channel();
-        let mut tx = Some(tx);
         let refused: Arc<Mutex<Option<AuditError>>> = Arc::default();
-        let last = events.len() - 1;
-        let mut queue = events.into_iter().enumerate().map(|(i, event)| {
+        let mut done = Some(done);
+        for (i, event) in events.into_iter().enumerate() {
             let refused = Arc::clone(&refused);
-            let durable: Durable = match if i == last { tx.take() } else { None } {
-                Some(tx) => Box::new(move |result: Result<u64, AuditError>| {
+            // Every event reports; the writer thread answers them in order, so when the last
+            // one is answered the others have been. One refused on its own (the writer goes
+            // on) fails the whole batch all the same.
+            let durable: Durable = match if i + 1 == n { done.take() } else { None } {
+                Some(done) => Box::new(move |result: Result<u64, AuditError>| {
                     let earlier = refused
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .take();
-                    let _ = tx.send(match earlier {
-                        Some(e) => Err(e),
-                        None => result,
+                    done(match earlier {
+                        Some(e) => Err(audit_err(e)),
+                        None => result.map(|_| ()).map_err(audit_err),
                     });
                 }),
                 None => Box::new(move |result: Result<u64, AuditError>| {
@@ -99,34 +100,19 @@ impl CaAudit {
                     }
                 }),
             };
-            (event, durable)
-        });
-        while let Some((event, durable)) = queue.next() {
-            match self
-                .sink
-                .try_record_then(event, durable)
-                .map_err(audit_err)?
-            {
-                Queued::Yes => {}
-                Queued::Full(first) => {
-                    let rest: Vec<_> = std::iter::once(*first).chain(queue).collect();
-                    let audit = Arc::clone(self);
-                    tokio::task::spawn_blocking(move || {
-                        rest.into_iter().try_for_each(|(event, durable)| {
-                            audit.sink.record_then(event, durable).map_err(audit_err)
-                        })
-                    })
-                    .await
-                    .map_err(|_| CaError::Internal("the audit write task failed"))??;
-                    break;
-                }
-            }
+            self.sink.record_then(event, durable).map_err(audit_err)?;
         }
-        synced
-            .await
-            .map_err(|_| CaError::Audit("the audit writer stopped".into()))?
-            .map(|_| ())
-            .map_err(audit_err)
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl CaAudit {
+    /// An unsigned log at `path`, for tests of what writes to it.
+    pub(crate) fn unsigned(path: &Path) -> Result<Self, CaError> {
+        let (writer, _) = AuditWriter::open(path, Component::Ca).map_err(audit_err)?;
+        let sink = AuditSink::spawn(writer, QUEUE).map_err(audit_err)?;
+        Ok(Self { sink })
     }
 }
 

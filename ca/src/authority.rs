@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshgate_identity::api::CA_ID_PATH;
+use meshgate_identity::bundle::pem_encode;
 use meshgate_identity::svid::{check_leaf, check_signing_cert};
 use meshgate_identity::{Serial, SpiffeId, TrustBundle, TrustDomain};
 use rcgen::{Issuer, KeyPair};
@@ -60,11 +61,43 @@ pub struct Authority {
     bundle_cache: RefCell<Option<(u64, TrustBundle)>>,
 }
 
-/// The active intermediate, its key, and the root above it.
+/// What an enrollment or a renewal needs to start without the CA's lock, as the datastore was at
+/// one `state_version`: the signer, the bundle that goes with what it signs, and both as PEM,
+/// encoded once rather than for every answer. Usable only while the datastore is still at that
+/// version (every change of the roots, the intermediates or the bundle bumps it).
+#[derive(Debug)]
+pub(crate) struct IssuanceView {
+    pub(crate) version: u64,
+    pub(crate) minter: Minter,
+    pub(crate) bundle: TrustBundle,
+    pub(crate) bundle_pem: String,
+    intermediate_pem: String,
+}
+
+impl IssuanceView {
+    /// A chain this view's signer minted, as PEM.
+    pub(crate) fn chain_pem(&self, chain: &[CertificateDer<'_>]) -> String {
+        let intermediate = self.minter.signer.intermediate.cert_der.as_slice();
+        chain
+            .iter()
+            .map(|c| {
+                if c.as_ref() == intermediate {
+                    self.intermediate_pem.clone()
+                } else {
+                    pem_encode("CERTIFICATE", c)
+                }
+            })
+            .collect()
+    }
+}
+
+/// The active intermediate, ready to sign with its key, and the root above it.
 #[derive(Debug)]
 pub(crate) struct Signer {
     pub(crate) intermediate: AuthorityRecord,
-    pub(crate) key: KeyPair,
+    /// The intermediate's name, key identifier and key, read from its certificate once when
+    /// loaded rather than for every certificate it signs.
+    issuer: Issuer<'static, KeyPair>,
     pub(crate) root: AuthorityRecord,
 }
 
@@ -164,6 +197,26 @@ impl Authority {
         let bundle = self.read_bundle()?;
         self.bundle_cache.replace(Some((version, bundle.clone())));
         Ok(bundle)
+    }
+
+    /// The signer and bundle of issuance as of the datastore's current version; `None` while the
+    /// bundle no longer holds the signer's root (until the next reload).
+    pub(crate) fn issuance_view(&self) -> Result<Option<IssuanceView>, CaError> {
+        // Read before the bundle, which is at least this new: if the datastore is still at this
+        // version when the view is used, the bundle is exactly what it holds.
+        let version = state_version(&self.store)?;
+        let bundle = match self.bundle_for_issuance() {
+            Ok(bundle) => bundle,
+            Err(CaError::Reloading) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(IssuanceView {
+            version,
+            minter: self.minter(),
+            bundle_pem: bundle.to_pem(),
+            bundle,
+            intermediate_pem: pem_encode("CERTIFICATE", &self.signer.intermediate.cert_der),
+        }))
     }
 
     /// The bundle to hand out with a certificate minted now. Between a rotation from the CLI
@@ -458,8 +511,7 @@ impl Signer {
         let mut params = profile::leaf_params(&csr.spiffe_id, dns_names, now, ttl, cap)?;
         profile::add_subject_key_identifier(&mut params, &csr.public_key);
         let issuer_der = CertificateDer::from(self.intermediate.cert_der.clone());
-        let issuer = Issuer::from_ca_cert_der(&issuer_der, &self.key)?;
-        let cert = params.signed_by(&csr.public_key, &issuer)?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         let info = check_leaf(cert.der())?;
         let record = IssuedCert {
             serial: info.serial,
@@ -481,6 +533,8 @@ impl Signer {
 fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Arc<Signer>, CaError> {
     let intermediate = newest_active(store, AuthorityKind::Intermediate)?;
     let key = read_key_file(&dir.join(&intermediate.key_file))?;
+    let issuer =
+        Issuer::from_ca_cert_der(&CertificateDer::from(intermediate.cert_der.as_slice()), key)?;
     let root = store
         .authorities()?
         .into_iter()
@@ -490,12 +544,14 @@ fn load_signer(dir: &Path, store: &SqliteStore) -> Result<Arc<Signer>, CaError> 
         ))?;
     Ok(Arc::new(Signer {
         intermediate,
-        key,
+        issuer,
         root,
     }))
 }
 
-fn state_version(store: &SqliteStore) -> Result<u64, CaError> {
+/// The datastore's `state_version`: bumped by every change of the roots, the intermediates or
+/// the bundle.
+pub(crate) fn state_version(store: &SqliteStore) -> Result<u64, CaError> {
     Ok(store
         .meta_value("state_version")?
         .and_then(|v| v.parse().ok())

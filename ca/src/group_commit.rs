@@ -3,11 +3,19 @@
 //! to [`MAX_BATCH`]), applies it in one transaction with one sync to disk, and only then answers
 //! each request with its own outcome: while one batch syncs the next one gathers, so the number
 //! of syncs per second, not per issuance, is what the disk bounds.
+//!
+//! With an audit log, the events each committed write calls for go to the log as one batch
+//! straight from the writer thread, and a requester is answered only once its events are on
+//! disk too: one handoff per batch, where each request handing its own events over cost a
+//! wake-up of two more threads and a sync of the log for every few requests.
 
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 
+use meshgate_audit::AuditEvent;
 use tokio::sync::oneshot;
 
+use crate::audit_log::CaAudit;
 use crate::error::CaError;
 use crate::store::{IssuanceOutcome, IssuanceWrite, Store};
 
@@ -56,8 +64,15 @@ pub struct GroupCommit {
 
 struct Job {
     write: IssuanceWrite,
+    audit: Option<AuditOf>,
     reply: oneshot::Sender<Result<IssuanceOutcome, CaError>>,
 }
+
+/// The audit events a write's outcome calls for once it has committed (none for an outcome
+/// its requester records itself, such as a refused token).
+pub type AuditOf = Box<dyn FnOnce(&IssuanceOutcome) -> Vec<AuditEvent> + Send>;
+
+type Reply = oneshot::Sender<Result<IssuanceOutcome, CaError>>;
 
 /// What a batch is committed with: how many writes went into each transaction, for metrics.
 pub type OnBatch = Box<dyn Fn(usize) + Send>;
@@ -71,11 +86,38 @@ impl GroupCommit {
         max_batch: usize,
         on_batch: OnBatch,
     ) -> Result<Self, CaError> {
+        Self::spawn_with(store, queue, max_batch, on_batch, None)
+    }
+
+    /// As [`GroupCommit::spawn`], writing the events of each committed batch to `audit`
+    /// before answering its requesters (see [`GroupCommit::commit_audited`]).
+    pub fn spawn_audited<S: CommitIssuances + 'static>(
+        store: S,
+        queue: usize,
+        max_batch: usize,
+        on_batch: OnBatch,
+        audit: Arc<CaAudit>,
+    ) -> Result<Self, CaError> {
+        Self::spawn_with(store, queue, max_batch, on_batch, Some(audit))
+    }
+
+    fn spawn_with<S: CommitIssuances + 'static>(
+        store: S,
+        queue: usize,
+        max_batch: usize,
+        on_batch: OnBatch,
+        audit: Option<Arc<CaAudit>>,
+    ) -> Result<Self, CaError> {
         let capacity = queue.max(1);
         let (tx, rx) = sync_channel(capacity);
+        let writer = Writer {
+            max_batch: max_batch.max(1),
+            on_batch,
+            audit,
+        };
         std::thread::Builder::new()
             .name("meshgate-ca-commit".into())
-            .spawn(move || run(store, &rx, max_batch.max(1), &on_batch))
+            .spawn(move || run(store, &rx, &writer))
             .map_err(|e| CaError::Io {
                 path: "the CA's group commit thread".into(),
                 source: e,
@@ -91,10 +133,31 @@ impl GroupCommit {
             .map_err(|_| CaError::Internal("the CA's group commit thread has stopped"))?
     }
 
+    /// As [`GroupCommit::commit`], and then the events `audit` makes of the outcome are written
+    /// to the audit log (if the writer has one): the outcome comes back once they are on disk,
+    /// or as [`CaError::Audit`] if they could not be written.
+    pub async fn commit_audited(
+        &self,
+        write: IssuanceWrite,
+        audit: AuditOf,
+    ) -> Result<IssuanceOutcome, CaError> {
+        self.queue(write, Some(audit))?
+            .await
+            .map_err(|_| CaError::Internal("the CA's group commit thread has stopped"))?
+    }
+
     /// Queues `write` without waiting: the receiver gets its outcome once its batch committed.
     pub fn submit(&self, write: IssuanceWrite) -> Result<Pending, CaError> {
+        self.queue(write, None)
+    }
+
+    fn queue(&self, write: IssuanceWrite, audit: Option<AuditOf>) -> Result<Pending, CaError> {
         let (reply, done) = oneshot::channel();
-        match self.tx.try_send(Job { write, reply }) {
+        match self.tx.try_send(Job {
+            write,
+            audit,
+            reply,
+        }) {
             Ok(()) => Ok(done),
             Err(TrySendError::Full(_)) => Err(CaError::Overloaded {
                 queue: self.capacity,
@@ -109,20 +172,28 @@ impl GroupCommit {
 /// The outcome of a queued write, once its batch has committed.
 pub type Pending = oneshot::Receiver<Result<IssuanceOutcome, CaError>>;
 
+/// What the writer thread works with besides its datastore.
+struct Writer {
+    max_batch: usize,
+    on_batch: OnBatch,
+    audit: Option<Arc<CaAudit>>,
+}
+
 /// The writer thread: one batch per wake-up until every sender is gone.
-fn run<S: CommitIssuances>(mut store: S, rx: &Receiver<Job>, max_batch: usize, on_batch: &OnBatch) {
+fn run<S: CommitIssuances>(mut store: S, rx: &Receiver<Job>, writer: &Writer) {
     // Without this thread every later issuance would fail, and nothing would say so.
     let _abort = AbortIfUnwinding;
+    let max_batch = writer.max_batch;
     let mut writes = Vec::with_capacity(max_batch);
-    let mut replies = Vec::with_capacity(max_batch);
+    let mut jobs = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
         writes.push(first.write);
-        replies.push(first.reply);
+        jobs.push((first.reply, first.audit));
         while writes.len() < max_batch {
             match rx.try_recv() {
                 Ok(job) => {
                     writes.push(job.write);
-                    replies.push(job.reply);
+                    jobs.push((job.reply, job.audit));
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
@@ -136,27 +207,97 @@ fn run<S: CommitIssuances>(mut store: S, rx: &Receiver<Job>, max_batch: usize, o
                 .unwrap_or(Err(CaError::Internal("the datastore panicked in a commit")));
         match committed {
             Ok(outcomes) if outcomes.len() == n => {
-                on_batch(n);
-                for (reply, outcome) in replies.drain(..).zip(outcomes) {
-                    // A requester that went away (its connection closed) needs no answer; what
-                    // it paid for is committed all the same, like any answer lost in transit.
-                    let _ = reply.send(outcome);
-                }
+                (writer.on_batch)(n);
+                answer_committed(jobs.drain(..).zip(outcomes), writer.audit.as_deref());
             }
             Ok(_) => {
                 tracing::error!("a group commit of {n} issuances answered out of step");
-                fail_all(&mut replies, "the datastore answered a batch out of step");
+                fail_all(&mut jobs, "the datastore answered a batch out of step");
                 recover(&mut store);
             }
             Err(e) => {
                 // Nothing of the batch was written: every request in it fails, none is answered
                 // with a certificate.
                 tracing::error!("a group commit of {n} issuances failed: {e}");
-                fail_all(&mut replies, "the datastore failed to commit");
+                fail_all(&mut jobs, "the datastore failed to commit");
                 recover(&mut store);
             }
         }
     }
+}
+
+/// Answers the requesters of a committed batch: at once without an audit log or events to
+/// write; else from the audit log's thread once the batch's events are on disk.
+fn answer_committed(
+    batch: impl Iterator<Item = ((Reply, Option<AuditOf>), Result<IssuanceOutcome, CaError>)>,
+    audit: Option<&CaAudit>,
+) {
+    let mut events = Vec::new();
+    let mut answers = Vec::new();
+    for ((reply, audit_of), outcome) in batch {
+        let audited = match (&outcome, audit_of) {
+            (Ok(o), Some(audit_of)) if audit.is_some() => {
+                let before = events.len();
+                events.extend(audit_of(o));
+                events.len() > before
+            }
+            _ => false,
+        };
+        answers.push(Answer {
+            reply,
+            outcome,
+            audited,
+        });
+    }
+    let Some(audit) = audit.filter(|_| !events.is_empty()) else {
+        answer_all(answers, &Ok(()));
+        return;
+    };
+    // Taken by whichever comes first: the log's answer, or the failure to queue the events.
+    let waiting = Arc::new(Mutex::new(Some(answers)));
+    let on_disk = Arc::clone(&waiting);
+    let queued = audit.record_all_then(
+        events,
+        Box::new(move |result| {
+            if let Some(answers) = take(&on_disk) {
+                answer_all(answers, &result);
+            }
+        }),
+    );
+    if let Err(e) = queued
+        && let Some(answers) = take(&waiting)
+    {
+        answer_all(answers, &Err(e));
+    }
+}
+
+/// A committed write's requester, its outcome, and whether that outcome has audit events.
+struct Answer {
+    reply: Reply,
+    outcome: Result<IssuanceOutcome, CaError>,
+    audited: bool,
+}
+
+fn answer_all(answers: Vec<Answer>, audit: &Result<(), CaError>) {
+    for a in answers {
+        let outcome = match audit {
+            // Committed, but its audit record is not on disk: the requester must not hand out
+            // what it paid for.
+            Err(CaError::Audit(why)) if a.audited => Err(CaError::Audit(why.clone())),
+            Err(e) if a.audited => Err(CaError::Audit(e.to_string())),
+            _ => a.outcome,
+        };
+        // A requester that went away (its connection closed) needs no answer; what it paid
+        // for is committed all the same, like any answer lost in transit.
+        let _ = a.reply.send(outcome);
+    }
+}
+
+fn take(waiting: &Mutex<Option<Vec<Answer>>>) -> Option<Vec<Answer>> {
+    waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
 }
 
 /// After a failed batch: the next one must not find a transaction left open or a broken
@@ -183,11 +324,8 @@ impl Drop for AbortIfUnwinding {
     }
 }
 
-fn fail_all(
-    replies: &mut Vec<oneshot::Sender<Result<IssuanceOutcome, CaError>>>,
-    why: &'static str,
-) {
-    for reply in replies.drain(..) {
+fn fail_all(jobs: &mut Vec<(Reply, Option<AuditOf>)>, why: &'static str) {
+    for (reply, _) in jobs.drain(..) {
         let _ = reply.send(Err(CaError::Internal(why)));
     }
 }
@@ -375,5 +513,103 @@ mod tests {
         assert_eq!(batches.recv().unwrap(), 1);
         release.send(Release::Commit).unwrap();
         assert!(recorded(fourth));
+    }
+
+    fn audited_start(audit: CaAudit) -> Started {
+        let (entered, batches) = channel();
+        let (release, gate) = channel();
+        let (recovered_tx, recovered) = channel();
+        let gate = Gate {
+            entered,
+            release: gate,
+            recovered: recovered_tx,
+        };
+        let gc = GroupCommit::spawn_audited(gate, 8, 8, Box::new(|_| {}), Arc::new(audit)).unwrap();
+        Started {
+            gc,
+            batches,
+            release,
+            recovered,
+        }
+    }
+
+    /// One event per recorded renewal, naming the serial it renewed from.
+    fn audit_of(n: u8) -> Option<AuditOf> {
+        Some(Box::new(move |outcome: &IssuanceOutcome| match outcome {
+            IssuanceOutcome::Renew { recorded: true } => vec![meshgate_audit::AuditEvent::new(
+                meshgate_audit::Component::Ca,
+                "spiffe://test.example/w",
+                meshgate_audit::Action::SvidRenew,
+                format!("renewal {n}"),
+                meshgate_audit::Outcome::Success,
+            )],
+            _ => Vec::new(),
+        }))
+    }
+
+    #[test]
+    fn a_committed_write_is_answered_once_its_audit_events_are_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let Started {
+            gc,
+            batches,
+            release,
+            ..
+        } = audited_start(CaAudit::unsigned(&path).unwrap());
+        let first = gc.queue(renewal(2), audit_of(2)).unwrap();
+        assert_eq!(batches.recv().unwrap(), 1);
+        let (second, third) = (
+            gc.queue(renewal(4), audit_of(4)).unwrap(),
+            gc.queue(renewal(5), audit_of(5)).unwrap(),
+        );
+        release.send(Release::Commit).unwrap();
+        assert!(recorded(first));
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(log.contains("renewal 2"), "{log}");
+        assert!(!log.contains("renewal 4"), "{log}");
+        // The next batch: one write with an event, one whose outcome has none.
+        assert_eq!(batches.recv().unwrap(), 2);
+        release.send(Release::Commit).unwrap();
+        assert!(recorded(second));
+        assert!(!recorded(third));
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(log.contains("renewal 4"), "{log}");
+        assert!(!log.contains("renewal 5"), "{log}");
+        assert_eq!(meshgate_audit::verify_file(&path).unwrap().records, 2);
+    }
+
+    /// What the log's answer does to each requester of a batch: a failure to write the events
+    /// fails exactly the writes that had events, with the log's error.
+    #[test]
+    fn a_failed_audit_write_fails_the_writes_whose_events_it_held_and_no_other() {
+        let mut receivers = Vec::new();
+        let answers = [(true, 2), (false, 3), (false, 4)]
+            .into_iter()
+            .map(|(audited, n)| {
+                let (reply, rx) = oneshot::channel();
+                receivers.push(rx);
+                let recorded = n % 2 == 0;
+                Answer {
+                    reply,
+                    outcome: Ok(IssuanceOutcome::Renew { recorded }),
+                    audited,
+                }
+            })
+            .collect();
+        answer_all(answers, &Err(CaError::Audit("disk full".into())));
+        let got: Vec<_> = receivers
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect();
+        assert!(matches!(&got[0], Err(CaError::Audit(why)) if why == "disk full"));
+        assert!(matches!(
+            got[1],
+            Ok(IssuanceOutcome::Renew { recorded: false })
+        ));
+        assert!(matches!(
+            got[2],
+            Ok(IssuanceOutcome::Renew { recorded: true })
+        ));
     }
 }

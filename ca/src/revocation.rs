@@ -89,10 +89,10 @@ impl Authority {
     /// signer. What it returns verifies and signs without the CA (the server does that outside
     /// its lock) and yields the write that records the renewal, with the revocation check.
     pub(crate) fn start_renew(&self) -> Result<PendingRenew, CaError> {
-        Ok(PendingRenew {
-            bundles: BundleSet::single(self.bundle()?),
-            minter: self.minter(),
-        })
+        Ok(PendingRenew::new(
+            BundleSet::single(self.bundle()?),
+            self.minter(),
+        ))
     }
 }
 
@@ -111,6 +111,11 @@ pub(crate) struct PendingRenew {
 }
 
 impl PendingRenew {
+    /// A renewal that verifies its caller against `bundles` and signs with `minter`.
+    pub(crate) fn new(bundles: BundleSet, minter: Minter) -> Self {
+        Self { bundles, minter }
+    }
+
     /// Verifies the caller's chain at `now`; its ID must be one this CA issues.
     pub(crate) fn verify_peer(
         &self,

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use crate::authority::{Authority, IssuedSvid, Minter};
 use crate::error::CaError;
 use crate::store::{
-    EnrollOutcome, IssuanceOutcome, IssuanceWrite, Store as _, TokenRecord, TokenRejection,
+    EnrollOutcome, IssuanceOutcome, IssuanceWrite, Store, TokenRecord, TokenRejection,
 };
 
 /// Default token lifetime.
@@ -117,20 +117,31 @@ impl Authority {
         token: &BootstrapToken,
         now: OffsetDateTime,
     ) -> Result<PendingEnroll, EnrollError> {
-        let secret_sha256 = hex::encode(token.secret_sha256());
-        let Some(record) = self.store.token_by_secret(&secret_sha256)? else {
-            return Err(EnrollError::Token(TokenRejection::Unknown));
-        };
-        if let Some(r) = record.rejection(now.unix_timestamp()) {
-            return Err(EnrollError::Token(r));
-        }
-        Ok(PendingEnroll {
-            secret_sha256,
-            spiffe_id: record.spiffe_id,
-            minter: self.minter(),
-            now,
-        })
+        start_enroll_in(&self.store, self.minter(), token, now)
     }
+}
+
+/// As [`Authority::start_enroll`], with the token read through `store` (a connection of its
+/// own, without the CA's lock) and signing with `minter`.
+pub(crate) fn start_enroll_in(
+    store: &impl Store,
+    minter: Minter,
+    token: &BootstrapToken,
+    now: OffsetDateTime,
+) -> Result<PendingEnroll, EnrollError> {
+    let secret_sha256 = hex::encode(token.secret_sha256());
+    let Some(record) = store.token_by_secret(&secret_sha256)? else {
+        return Err(EnrollError::Token(TokenRejection::Unknown));
+    };
+    if let Some(r) = record.rejection(now.unix_timestamp()) {
+        return Err(EnrollError::Token(r));
+    }
+    Ok(PendingEnroll {
+        secret_sha256,
+        spiffe_id: record.spiffe_id,
+        minter,
+        now,
+    })
 }
 
 /// An enrollment whose token was usable when read: signs the CSR (no I/O, no lock).

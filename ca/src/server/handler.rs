@@ -13,18 +13,18 @@ use meshgate_identity::api::{
     BootstrapToken, EnrollRequest, ErrorCode, ErrorResponse, MAX_BODY_BYTES, PATH_BUNDLE,
     PATH_BUNDLE_PEM, PATH_ENROLL, PATH_RENEW, PATH_REVOCATIONS, RenewRequest, SvidResponse,
 };
-use meshgate_identity::bundle::pem_encode;
-use meshgate_identity::{Serial, SpiffeId, TrustBundle};
+use meshgate_identity::{BundleSet, Serial, SpiffeId};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
 
 use super::State;
-use crate::authority::IssuedSvid;
+use crate::authority::{IssuanceView, IssuedSvid, state_version};
 use crate::error::CaError;
-use crate::revocation::finish_renew;
-use crate::store::TokenRecord;
-use crate::tokens::{EnrollError, finish_enroll};
+use crate::revocation::{PendingRenew, finish_renew};
+use crate::sqlite::SqliteStore;
+use crate::store::{EnrollOutcome, IssuanceOutcome, Store as _};
+use crate::tokens::{EnrollError, finish_enroll, start_enroll_in};
 
 /// Who is on the other end of a connection: its address and, after mTLS, its SVID as the
 /// handshake verified it.
@@ -165,17 +165,12 @@ async fn enroll(
     // Said to the client instead of the DER parser's complaint about no bytes at all.
     let not_pem = csr.as_ref().err().map(|e| e.message.clone());
     let now = OffsetDateTime::now_utc();
-    let result = enroll_svid(state, token, csr, now).await?;
+    let result = enroll_svid(state, peer, token, csr, now).await?;
     let (st, p) = (state.clone(), peer.clone());
     match result {
-        Ok((token, issued, bundle)) => {
+        Ok((issued, view)) => {
             super::metrics::Metrics::outcome(&state.metrics.enrollments, "issued");
-            // Durable before the answer: an SVID a client holds always has its audit record.
-            state
-                .audit_enrolled(peer, &token, &issued)
-                .await
-                .map_err(|_| ApiError::internal())?;
-            svid_response(&issued, &bundle)
+            svid_response(&issued, &view)
         }
         Err(EnrollError::Token(rejection)) => {
             super::metrics::Metrics::outcome(&state.metrics.enrollments, "invalid_token");
@@ -217,15 +212,11 @@ async fn renew(
     let request: RenewRequest = read_json(req, state.body_timeout).await?;
     let csr = csr_der(&request.csr)?;
     let now = OffsetDateTime::now_utc();
-    let result = renew_svid(state, &svid, csr, now).await?;
+    let result = renew_svid(state, peer, &svid, csr, now).await?;
     match result {
-        Ok((issued, bundle)) => {
+        Ok((issued, view)) => {
             super::metrics::Metrics::outcome(&state.metrics.renewals, "issued");
-            state
-                .audit_renewed(peer, &issued)
-                .await
-                .map_err(|_| ApiError::internal())?;
-            svid_response(&issued, &bundle)
+            svid_response(&issued, &view)
         }
         Err(e) => {
             super::metrics::Metrics::outcome(&state.metrics.renewals, "rejected");
@@ -237,35 +228,58 @@ async fn renew(
     }
 }
 
-/// An enrollment in three steps: a read under the CA's lock (is the token usable? which
-/// intermediate signs, and the bundle that goes with it), the CSR check and the signature
-/// without the lock (one trip to the blocking pool for both), and the write that spends the
+/// An enrollment in three steps: a read (is the token usable? which intermediate signs, and the
+/// bundle that goes with it), the CSR check and the signature, and the write that spends the
 /// token and records the certificate, committed with the others in flight. The token is
 /// checked again inside that transaction, so of two uses of a single-use token exactly one
 /// gets a certificate, in one batch or in two.
 async fn enroll_svid(
     state: &Arc<State>,
+    peer: &Peer,
     token: BootstrapToken,
     csr: Result<Vec<u8>, ApiError>,
     now: OffsetDateTime,
-) -> Result<Result<(TokenRecord, IssuedSvid, TrustBundle), EnrollError>, ApiError> {
-    let ca = state.authority.clone();
-    let minted = blocking(move || {
-        let (pending, bundle) = {
-            let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (ca.start_enroll(&token, now)?, ca.bundle_for_issuance()?)
-        };
-        // A CSR that is not even PEM still spends a valid token, like any other bad CSR.
-        let (write, minted) = pending.mint(&csr.unwrap_or_default());
-        Ok::<_, EnrollError>((write, minted, bundle))
-    })
-    .await?;
-    let (write, minted, bundle) = match minted {
+) -> Result<Result<(IssuedSvid, Arc<IssuanceView>), EnrollError>, ApiError> {
+    let started = state.readers.with(|store| {
+        Ok(current_view(state, store)?.map(|view| {
+            start_enroll_in(store, view.minter.clone(), &token, now).map(|p| (p, view))
+        }))
+    });
+    let started = match started {
+        Ok(Some(started)) => started,
+        Ok(None) => {
+            // The signing state changed since the view was made: the CA's own reads decide,
+            // under its lock, until the maintenance task publishes a new view.
+            let ca = state.authority.clone();
+            blocking(move || {
+                let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let pending = ca.start_enroll(&token, now)?;
+                let view = ca.issuance_view()?.ok_or(CaError::Reloading)?;
+                Ok((pending, Arc::new(view)))
+            })
+            .await?
+        }
+        Err(e) => Err(EnrollError::Ca(e)),
+    };
+    let (pending, view) = match started {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
     };
-    Ok(match state.commit.commit(write).await {
-        Ok(outcome) => finish_enroll(outcome, minted).map(|(t, i)| (t, i, bundle)),
+    // Checked and signed here, on the runtime's thread: about the CPU of one TLS handshake,
+    // which runs here too. A trip to the blocking pool and back cost more in thread switches
+    // than it spared the runtime. A CSR that is not even PEM still spends a valid token, like
+    // any other bad CSR.
+    let (write, minted) = pending.mint(&csr.unwrap_or_default());
+    // Durable before the answer: an SVID a client holds always has its audit record.
+    let (st, p) = (state.clone(), peer.clone());
+    let audit = Box::new(move |outcome: &IssuanceOutcome| match outcome {
+        IssuanceOutcome::Enroll(EnrollOutcome::Issued(token, cert)) => {
+            st.enrolled_events(&p, token, cert)
+        }
+        _ => Vec::new(),
+    });
+    Ok(match state.commit.commit_audited(write, audit).await {
+        Ok(outcome) => finish_enroll(outcome, minted).map(|(_, issued)| (issued, view)),
         Err(e) => Err(EnrollError::Ca(e)),
     })
 }
@@ -274,48 +288,75 @@ async fn enroll_svid(
 /// work; the write checks revocation again, in the transaction that records the renewal.
 async fn renew_svid(
     state: &Arc<State>,
+    peer: &Peer,
     svid: &PeerSvid,
     csr: Vec<u8>,
     now: OffsetDateTime,
-) -> Result<Result<(IssuedSvid, TrustBundle), CaError>, ApiError> {
+) -> Result<Result<(IssuedSvid, Arc<IssuanceView>), CaError>, ApiError> {
     // The serial the handshake read from the same leaf the renewal verifies again below.
     let serial = svid.serial.clone();
-    let chain = svid.chain.clone();
-    let ca = state.authority.clone();
-    let minted = blocking(move || {
-        let (pending, bundle) = {
-            let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if ca.is_revoked(&serial)? {
-                return Err(CaError::Revoked(serial.to_string()));
-            }
-            (ca.start_renew()?, ca.bundle_for_issuance()?)
-        };
-        let peer = pending.verify_peer(&chain, now)?;
-        let (write, minted) = pending.mint(&chain, &peer, &csr, now)?;
-        Ok((write, minted, peer.serial, bundle))
-    })
-    .await?;
-    let (write, minted, from, bundle) = match minted {
+    let started = state.readers.with(|store| {
+        if store.is_revoked(&serial)? {
+            return Ok(Some(Err(CaError::Revoked(serial.to_string()))));
+        }
+        Ok(current_view(state, store)?.map(|view| {
+            let bundles = BundleSet::single(view.bundle.clone());
+            Ok((PendingRenew::new(bundles, view.minter.clone()), view))
+        }))
+    });
+    let started = match started {
+        Ok(Some(started)) => started,
+        Ok(None) => {
+            let ca = state.authority.clone();
+            blocking(move || {
+                let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if ca.is_revoked(&serial)? {
+                    return Err(CaError::Revoked(serial.to_string()));
+                }
+                let pending = ca.start_renew()?;
+                let view = ca.issuance_view()?.ok_or(CaError::Reloading)?;
+                Ok((pending, Arc::new(view)))
+            })
+            .await?
+        }
+        Err(e) => Err(e),
+    };
+    let minted = started.and_then(|(pending, view)| {
+        let peer = pending.verify_peer(&svid.chain, now)?;
+        let (write, minted) = pending.mint(&svid.chain, &peer, &csr, now)?;
+        Ok((write, minted, peer.serial, view))
+    });
+    let (write, minted, from, view) = match minted {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
     };
-    Ok(match state.commit.commit(write).await {
-        Ok(outcome) => finish_renew(outcome, minted, &from).map(|i| (i, bundle)),
+    let (st, p, cert) = (state.clone(), peer.clone(), minted.record.clone());
+    let audit = Box::new(move |outcome: &IssuanceOutcome| match outcome {
+        IssuanceOutcome::Renew { recorded: true } => st.renewed_events(&p, &cert),
+        _ => Vec::new(),
+    });
+    Ok(match state.commit.commit_audited(write, audit).await {
+        Ok(outcome) => finish_renew(outcome, minted, &from).map(|i| (i, view)),
         Err(e) => Err(e),
     })
 }
 
+/// The published view of issuance, if the datastore (read through `store`) is still at its
+/// version; `None` sends the request the slow way.
+fn current_view(state: &State, store: &SqliteStore) -> Result<Option<Arc<IssuanceView>>, CaError> {
+    let Some(view) = state.issuance_view() else {
+        return Ok(None);
+    };
+    Ok((state_version(store)? == view.version).then_some(view))
+}
+
 fn svid_response(
     issued: &IssuedSvid,
-    bundle: &TrustBundle,
+    view: &IssuanceView,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     json(&SvidResponse {
-        svid: issued
-            .chain
-            .iter()
-            .map(|c| pem_encode("CERTIFICATE", c))
-            .collect(),
-        bundle: bundle.to_pem(),
+        svid: view.chain_pem(&issued.chain),
+        bundle: view.bundle_pem.clone(),
         expires_at: issued.record.not_after,
     })
 }

@@ -6,6 +6,7 @@
 mod admin;
 mod handler;
 mod metrics;
+mod readers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -31,11 +32,11 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit_log::CaAudit;
-use crate::authority::{Authority, IssuedSvid};
+use crate::authority::{Authority, IssuanceView, IssuedSvid};
 use crate::error::CaError;
 use crate::group_commit::{self, GroupCommit};
 use crate::sqlite::{DB_FILE, SqliteStore};
-use crate::store::TokenRecord;
+use crate::store::{IssuedCert, TokenRecord};
 use handler::{Peer, PeerSvid};
 use metrics::Metrics;
 
@@ -118,6 +119,11 @@ pub(crate) struct State {
     sign_limiter: DefaultKeyedRateLimiter<IpAddr>,
     trust_domain: String,
     body_timeout: Duration,
+    /// Where enrollments and renewals start, without the CA's lock: published at start and by
+    /// every maintenance tick; `None` while the bundle lacks the signer's root.
+    issuance: RwLock<Option<Arc<IssuanceView>>>,
+    /// Connections for the reads that start them.
+    readers: readers::Readers,
     /// The bundle as `GET /v1/bundle` and `/v1/bundle.pem` serve it, encoded once per change:
     /// anonymous reads never take the CA's lock or touch the datastore.
     served_bundle: RwLock<Arc<ServedBundle>>,
@@ -144,6 +150,20 @@ impl ServedBundle {
 }
 
 impl State {
+    pub(crate) fn issuance_view(&self) -> Option<Arc<IssuanceView>> {
+        self.issuance
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn publish_issuance_view(&self, view: Option<IssuanceView>) {
+        *self
+            .issuance
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = view.map(Arc::new);
+    }
+
     pub(crate) fn served_bundle(&self) -> Arc<ServedBundle> {
         self.served_bundle
             .read()
@@ -184,7 +204,8 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
         metrics.store_commits.clone(),
         metrics.store_commit_writes.clone(),
     );
-    let commit = GroupCommit::spawn(
+    let audit = Arc::new(audit);
+    let commit = GroupCommit::spawn_audited(
         SqliteStore::open(&dir.join(DB_FILE))?,
         group_commit::QUEUE,
         group_commit::MAX_BATCH,
@@ -192,15 +213,19 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
             commits.inc();
             writes.inc_by(u64::try_from(n).unwrap_or(u64::MAX));
         }),
+        audit.clone(),
     )?;
     metrics.own_svid_expiry.set(own.record.not_after);
     metrics
         .bundle_sequence
         .set(i64::try_from(ca.bundle()?.sequence).unwrap_or(i64::MAX));
+    let issuance = RwLock::new(ca.issuance_view()?.map(Arc::new));
     let state = Arc::new(State {
+        issuance,
+        readers: readers::Readers::new(dir.join(DB_FILE)),
         authority: Arc::new(Mutex::new(ca)),
         commit,
-        audit: Arc::new(audit),
+        audit,
         metrics,
         enroll_limiter: RateLimiter::keyed(
             Quota::per_second(cfg.enroll_per_second).allow_burst(cfg.enroll_burst),
@@ -460,11 +485,19 @@ async fn maintenance(
             } else {
                 None
             };
-            Ok::<_, CaError>((renewed, own, ca.bundle()?, ca.signer.intermediate.not_after))
+            let view = ca.issuance_view()?;
+            Ok::<_, CaError>((
+                renewed,
+                own,
+                ca.bundle()?,
+                ca.signer.intermediate.not_after,
+                view,
+            ))
         })
         .await;
         match result {
-            Ok(Ok((renewed, own, bundle, inter_not_after))) => {
+            Ok(Ok((renewed, own, bundle, inter_not_after, view))) => {
+                state.publish_issuance_view(view);
                 if renewed {
                     // `record` waits while the audit queue is full: not on a runtime thread.
                     let audit = state.audit.clone();
@@ -574,34 +607,35 @@ impl State {
         self.audit.record(ev);
     }
 
-    /// The token's use and the issuance, in that order; resolves once both are on disk.
-    async fn audit_enrolled(
+    /// The token's use and the issuance, in that order: written with the commit that records
+    /// them (see [`GroupCommit::commit_audited`]), on disk before the answer.
+    fn enrolled_events(
         &self,
         peer: &Peer,
         token: &TokenRecord,
-        issued: &IssuedSvid,
-    ) -> Result<(), CaError> {
-        let id = issued.record.spiffe_id.as_str();
+        issued: &IssuedCert,
+    ) -> Vec<AuditEvent> {
+        let id = issued.spiffe_id.as_str();
         let used = self
             .base(peer, Action::TokenUse, "anonymous", id, Outcome::Success)
             .with_detail("token_id", token.id)
             .with_detail("uses_left", token.uses_left);
         let ev = self
             .base(peer, Action::SvidIssue, id, id, Outcome::Success)
-            .with_detail("serial", issued.record.serial.to_string())
-            .with_detail("not_after", issued.record.not_after)
+            .with_detail("serial", issued.serial.to_string())
+            .with_detail("not_after", issued.not_after)
             .with_detail("token_id", token.id);
-        self.audit.record_durable_async(vec![used, ev]).await
+        vec![used, ev]
     }
 
-    /// The renewal; resolves once it is on disk.
-    async fn audit_renewed(&self, peer: &Peer, issued: &IssuedSvid) -> Result<(), CaError> {
-        let id = issued.record.spiffe_id.as_str();
+    /// The renewal, written as the enrollment's events are.
+    fn renewed_events(&self, peer: &Peer, issued: &IssuedCert) -> Vec<AuditEvent> {
+        let id = issued.spiffe_id.as_str();
         let ev = self
             .base(peer, Action::SvidRenew, id, id, Outcome::Success)
-            .with_detail("serial", issued.record.serial.to_string())
-            .with_detail("not_after", issued.record.not_after);
-        self.audit.record_durable_async(vec![ev]).await
+            .with_detail("serial", issued.serial.to_string())
+            .with_detail("not_after", issued.not_after);
+        vec![ev]
     }
 
     fn audit_renew_rejected(
