@@ -145,3 +145,22 @@ fn a_lone_torn_first_line_leaves_a_chain_that_starts_with_the_recovery() {
     assert_eq!(verify_file(&path).unwrap().last_seq, 1);
     recompute_chain(&path);
 }
+
+/// A device is not a log: opening one is refused at once, where reading /dev/zero "to its end"
+/// would never return.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_path_that_is_not_a_regular_file_is_refused() {
+    for path in ["/dev/zero", "/dev/full"] {
+        let err = AuditWriter::open(path, Component::Ca).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(path), "{text}");
+        assert!(text.contains("not a regular file"), "{text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let err = AuditWriter::open(dir.path(), Component::Ca).unwrap_err();
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+}

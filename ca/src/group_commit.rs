@@ -7,7 +7,9 @@
 //! With an audit log, the events each committed write calls for go to the log as one batch
 //! straight from the writer thread, and a requester is answered only once its events are on
 //! disk too: one handoff per batch, where each request handing its own events over cost a
-//! wake-up of two more threads and a sync of the log for every few requests.
+//! wake-up of two more threads and a sync of the log for every few requests. While the log's
+//! queue is full the writer thread waits for room: the commits wait with it, and nothing is
+//! dropped.
 
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -54,12 +56,27 @@ pub const MAX_BATCH: usize = 512;
 /// flight per HTTP/1.1 connection) it is never reached.
 pub const QUEUE: usize = 4096;
 
-/// A handle to the writer thread. Dropping it (with every clone of its sender) lets the thread
-/// finish the writes queued and end.
+/// A handle to the writer thread. Dropping it lets the thread finish the writes queued, hand
+/// their events to the audit log, and end; the drop waits for that, so a server that stops
+/// leaves nothing of its issuances unwritten.
 #[derive(Debug)]
 pub struct GroupCommit {
-    tx: SyncSender<Job>,
+    tx: Option<SyncSender<Job>>,
     capacity: usize,
+    /// Whether the writer has an audit log: [`GroupCommit::commit_audited`] needs one.
+    audited: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the CA's group commit thread panicked");
+        }
+    }
 }
 
 struct Job {
@@ -110,19 +127,25 @@ impl GroupCommit {
     ) -> Result<Self, CaError> {
         let capacity = queue.max(1);
         let (tx, rx) = sync_channel(capacity);
+        let audited = audit.is_some();
         let writer = Writer {
             max_batch: max_batch.max(1),
             on_batch,
             audit,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("meshgate-ca-commit".into())
             .spawn(move || run(store, &rx, &writer))
             .map_err(|e| CaError::Io {
                 path: "the CA's group commit thread".into(),
                 source: e,
             })?;
-        Ok(Self { tx, capacity })
+        Ok(Self {
+            tx: Some(tx),
+            capacity,
+            audited,
+            thread: Some(thread),
+        })
     }
 
     /// Queues `write` and waits until the transaction holding it is on disk (or failed).
@@ -134,8 +157,9 @@ impl GroupCommit {
     }
 
     /// As [`GroupCommit::commit`], and then the events `audit` makes of the outcome are written
-    /// to the audit log (if the writer has one): the outcome comes back once they are on disk,
-    /// or as [`CaError::Audit`] if they could not be written.
+    /// to the audit log: the outcome comes back once they are on disk, or as
+    /// [`CaError::Audit`] if they could not be written. Refused, with nothing written, by a
+    /// writer spawned without an audit log.
     pub async fn commit_audited(
         &self,
         write: IssuanceWrite,
@@ -152,8 +176,16 @@ impl GroupCommit {
     }
 
     fn queue(&self, write: IssuanceWrite, audit: Option<AuditOf>) -> Result<Pending, CaError> {
+        if audit.is_some() && !self.audited {
+            return Err(CaError::Internal(
+                "an audited write was sent to a group commit without an audit log",
+            ));
+        }
+        let tx = self.tx.as_ref().ok_or(CaError::Internal(
+            "the CA's group commit thread has stopped",
+        ))?;
         let (reply, done) = oneshot::channel();
-        match self.tx.try_send(Job {
+        match tx.try_send(Job {
             write,
             audit,
             reply,
@@ -237,9 +269,21 @@ fn answer_committed(
     for ((reply, audit_of), outcome) in batch {
         let audited = match (&outcome, audit_of) {
             (Ok(o), Some(audit_of)) if audit.is_some() => {
-                let before = events.len();
-                events.extend(audit_of(o));
-                events.len() > before
+                // A panic here fails this write alone; the thread and the batch go on.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| audit_of(o))) {
+                    Ok(made) => {
+                        let audited = !made.is_empty();
+                        events.extend(made);
+                        audited
+                    }
+                    Err(_) => {
+                        tracing::error!("making the audit events of an issuance panicked");
+                        let _ = reply.send(Err(CaError::Internal(
+                            "the audit events of an issuance could not be made",
+                        )));
+                        continue;
+                    }
+                }
             }
             _ => false,
         };
@@ -406,6 +450,10 @@ mod tests {
     }
 
     fn start(queue: usize, max_batch: usize) -> Started {
+        start_with(queue, max_batch, None)
+    }
+
+    fn start_with(queue: usize, max_batch: usize, audit: Option<Arc<CaAudit>>) -> Started {
         let (entered, batches) = channel();
         let (release, gate) = channel();
         let (recovered_tx, recovered) = channel();
@@ -414,7 +462,7 @@ mod tests {
             release: gate,
             recovered: recovered_tx,
         };
-        let gc = GroupCommit::spawn(gate, queue, max_batch, Box::new(|_| {})).unwrap();
+        let gc = GroupCommit::spawn_with(gate, queue, max_batch, Box::new(|_| {}), audit).unwrap();
         Started {
             gc,
             batches,
@@ -516,21 +564,7 @@ mod tests {
     }
 
     fn audited_start(audit: CaAudit) -> Started {
-        let (entered, batches) = channel();
-        let (release, gate) = channel();
-        let (recovered_tx, recovered) = channel();
-        let gate = Gate {
-            entered,
-            release: gate,
-            recovered: recovered_tx,
-        };
-        let gc = GroupCommit::spawn_audited(gate, 8, 8, Box::new(|_| {}), Arc::new(audit)).unwrap();
-        Started {
-            gc,
-            batches,
-            release,
-            recovered,
-        }
+        start_with(8, 8, Some(Arc::new(audit)))
     }
 
     /// One event per recorded renewal, naming the serial it renewed from.

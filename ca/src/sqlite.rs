@@ -85,6 +85,14 @@ impl SqliteStore {
         })
     }
 
+    /// A connection for reads on a thread that must not block: it never waits for a lock
+    /// (SQLite answers busy at once instead).
+    pub(crate) fn open_reader(path: &Path) -> Result<Self, CaError> {
+        let store = Self::open(path)?;
+        store.conn.busy_timeout(Duration::ZERO)?;
+        Ok(store)
+    }
+
     fn revocations_in_snapshot(&self) -> Result<(u64, Vec<RevocationRecord>), CaError> {
         let seq = self
             .meta_get("revocation_sequence")?

@@ -32,6 +32,19 @@ pub(super) fn open_locked(path: &Path) -> Result<(File, bool), AuditError> {
     let mut tries = 0;
     loop {
         let (file, created) = open_file(path)?;
+        // A device or a pipe would be read to its end when opened (it has none: /dev/zero
+        // never stops) and takes no fsync: a log is a regular file.
+        if !file
+            .metadata()
+            .map_err(AuditError::io(path, "stat"))?
+            .is_file()
+        {
+            return Err(AuditError::Io {
+                path: path.to_owned(),
+                op: "open",
+                source: io::Error::other("not a regular file; give the path of a file"),
+            });
+        }
         file.lock().map_err(AuditError::io(path, "lock"))?;
         if is_at(&file, path).map_err(AuditError::io(path, "stat"))? {
             return Ok((file, created));

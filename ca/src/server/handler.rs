@@ -188,7 +188,10 @@ async fn enroll(
             blocking(move || st.audit_token_spent(&p, &spent.0, &spent.1)).await?;
             Err(api)
         }
-        Err(EnrollError::Ca(e)) => Err(ApiError::from_ca(&e)),
+        Err(EnrollError::Ca(e)) => {
+            super::metrics::Metrics::outcome(&state.metrics.enrollments, "failed");
+            Err(ApiError::from_ca(&e))
+        }
     }
 }
 
@@ -218,6 +221,12 @@ async fn renew(
             super::metrics::Metrics::outcome(&state.metrics.renewals, "issued");
             svid_response(&issued, &view)
         }
+        // Committed, but its audit record could not be written: not handed out, and not a
+        // refusal of the caller either (the log that would say so is failing).
+        Err(e @ CaError::Audit(_)) => {
+            super::metrics::Metrics::outcome(&state.metrics.renewals, "failed");
+            Err(ApiError::from_ca(&e))
+        }
         Err(e) => {
             super::metrics::Metrics::outcome(&state.metrics.renewals, "rejected");
             let api = ApiError::from_ca(&e);
@@ -240,27 +249,17 @@ async fn enroll_svid(
     csr: Result<Vec<u8>, ApiError>,
     now: OffsetDateTime,
 ) -> Result<Result<(IssuedSvid, Arc<IssuanceView>), EnrollError>, ApiError> {
-    let started = state.readers.with(|store| {
-        Ok(current_view(state, store)?.map(|view| {
-            start_enroll_in(store, view.minter.clone(), &token, now).map(|p| (p, view))
-        }))
-    });
-    let started = match started {
-        Ok(Some(started)) => started,
-        Ok(None) => {
-            // The signing state changed since the view was made: the CA's own reads decide,
-            // under its lock, until the maintenance task publishes a new view.
-            let ca = state.authority.clone();
-            blocking(move || {
-                let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let pending = ca.start_enroll(&token, now)?;
-                let view = ca.issuance_view()?.ok_or(CaError::Reloading)?;
-                Ok((pending, Arc::new(view)))
-            })
-            .await?
-        }
-        Err(e) => Err(EnrollError::Ca(e)),
-    };
+    let slow_token = token.clone();
+    let started = start_issuance(
+        state,
+        // A datastore failure of the reader sends the request the slow way.
+        |store, view| match start_enroll_in(store, view.minter.clone(), &token, now) {
+            Err(EnrollError::Ca(e)) => Err(e),
+            started => Ok(started),
+        },
+        move |ca| ca.start_enroll(&slow_token, now),
+    )
+    .await?;
     let (pending, view) = match started {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
@@ -295,32 +294,24 @@ async fn renew_svid(
 ) -> Result<Result<(IssuedSvid, Arc<IssuanceView>), CaError>, ApiError> {
     // The serial the handshake read from the same leaf the renewal verifies again below.
     let serial = svid.serial.clone();
-    let started = state.readers.with(|store| {
-        if store.is_revoked(&serial)? {
-            return Ok(Some(Err(CaError::Revoked(serial.to_string()))));
-        }
-        Ok(current_view(state, store)?.map(|view| {
+    let slow_serial = serial.clone();
+    let started = start_issuance(
+        state,
+        |store, view| {
+            if store.is_revoked(&serial)? {
+                return Ok(Err(CaError::Revoked(serial.to_string())));
+            }
             let bundles = BundleSet::single(view.bundle.clone());
-            Ok((PendingRenew::new(bundles, view.minter.clone()), view))
-        }))
-    });
-    let started = match started {
-        Ok(Some(started)) => started,
-        Ok(None) => {
-            let ca = state.authority.clone();
-            blocking(move || {
-                let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if ca.is_revoked(&serial)? {
-                    return Err(CaError::Revoked(serial.to_string()));
-                }
-                let pending = ca.start_renew()?;
-                let view = ca.issuance_view()?.ok_or(CaError::Reloading)?;
-                Ok((pending, Arc::new(view)))
-            })
-            .await?
-        }
-        Err(e) => Err(e),
-    };
+            Ok(Ok(PendingRenew::new(bundles, view.minter.clone())))
+        },
+        move |ca| {
+            if ca.is_revoked(&slow_serial)? {
+                return Err(CaError::Revoked(slow_serial.to_string()));
+            }
+            ca.start_renew()
+        },
+    )
+    .await?;
     let minted = started.and_then(|(pending, view)| {
         let peer = pending.verify_peer(&svid.chain, now)?;
         let (write, minted) = pending.mint(&svid.chain, &peer, &csr, now)?;
@@ -339,6 +330,50 @@ async fn renew_svid(
         Ok(outcome) => finish_renew(outcome, minted, &from).map(|i| (i, view)),
         Err(e) => Err(e),
     })
+}
+
+/// The first step of an issuance, a read: `fast` through a reader connection and the published
+/// view while the datastore is still at the view's version; otherwise `slow` under the CA's lock
+/// on the blocking pool, with a view made there (the signing state changed since the view was
+/// published and the maintenance task has not published a new one yet, or the reader failed:
+/// `fast`'s outer error is the datastore's, its inner one the request's own).
+async fn start_issuance<T, E, F, S>(
+    state: &Arc<State>,
+    fast: F,
+    slow: S,
+) -> Result<Result<(T, Arc<IssuanceView>), E>, ApiError>
+where
+    T: Send + 'static,
+    E: From<CaError> + Send + 'static,
+    F: FnOnce(&SqliteStore, &IssuanceView) -> Result<Result<T, E>, CaError>,
+    S: FnOnce(&crate::Authority) -> Result<T, E> + Send + 'static,
+{
+    let started = state
+        .readers
+        .with(|store| {
+            let Some(view) = current_view(state, store)? else {
+                return Ok(None);
+            };
+            Ok(Some(fast(store, &view)?.map(|t| (t, view))))
+        })
+        .await;
+    match started {
+        Ok(Some(started)) => Ok(started),
+        Ok(None) | Err(_) => {
+            if let Err(e) = started {
+                tracing::debug!("datastore reader failed, taking the CA's lock instead: {e}");
+            }
+            let (ca, st) = (state.authority.clone(), state.clone());
+            blocking(move || {
+                let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let started = slow(&ca)?;
+                let view = Arc::new(ca.issuance_view()?.ok_or(CaError::Reloading)?);
+                st.publish_newer_issuance_view(&view);
+                Ok((started, view))
+            })
+            .await
+        }
+    }
 }
 
 /// The published view of issuance, if the datastore (read through `store`) is still at its

@@ -157,6 +157,18 @@ impl State {
             .clone()
     }
 
+    /// Publishes a view the slow path made, unless the one published is as new: the requests
+    /// after it take the fast path again without waiting for the next maintenance tick.
+    pub(crate) fn publish_newer_issuance_view(&self, view: &Arc<IssuanceView>) {
+        let mut published = self
+            .issuance
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if published.as_ref().is_none_or(|p| p.version < view.version) {
+            *published = Some(Arc::clone(view));
+        }
+    }
+
     fn publish_issuance_view(&self, view: Option<IssuanceView>) {
         *self
             .issuance
@@ -220,9 +232,12 @@ pub async fn start(dir: &Path, cfg: ServeConfig) -> Result<RunningServer, CaErro
         .bundle_sequence
         .set(i64::try_from(ca.bundle()?.sequence).unwrap_or(i64::MAX));
     let issuance = RwLock::new(ca.issuance_view()?.map(Arc::new));
+    // One per thread that may read at once: the runtime's workers.
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let readers = readers::Readers::open(dir.join(DB_FILE), workers)?;
     let state = Arc::new(State {
         issuance,
-        readers: readers::Readers::new(dir.join(DB_FILE)),
+        readers,
         authority: Arc::new(Mutex::new(ca)),
         commit,
         audit,
