@@ -249,15 +249,15 @@ async fn enroll_svid(
     csr: Result<Vec<u8>, ApiError>,
     now: OffsetDateTime,
 ) -> Result<Result<(IssuedSvid, Arc<IssuanceView>), EnrollError>, ApiError> {
-    let slow_token = token.clone();
     let started = start_issuance(
         state,
+        token,
         // A datastore failure of the reader sends the request the slow way.
-        |store, view| match start_enroll_in(store, view.minter.clone(), &token, now) {
+        |store, view, token| match start_enroll_in(store, view.minter.clone(), token, now) {
             Err(EnrollError::Ca(e)) => Err(e),
             started => Ok(started),
         },
-        move |ca| ca.start_enroll(&slow_token, now),
+        move |ca, token| ca.start_enroll(&token, now),
     )
     .await?;
     let (pending, view) = match started {
@@ -294,19 +294,19 @@ async fn renew_svid(
 ) -> Result<Result<(IssuedSvid, Arc<IssuanceView>), CaError>, ApiError> {
     // The serial the handshake read from the same leaf the renewal verifies again below.
     let serial = svid.serial.clone();
-    let slow_serial = serial.clone();
     let started = start_issuance(
         state,
-        |store, view| {
-            if store.is_revoked(&serial)? {
+        serial,
+        |store, view, serial| {
+            if store.is_revoked(serial)? {
                 return Ok(Err(CaError::Revoked(serial.to_string())));
             }
             let bundles = BundleSet::single(view.bundle.clone());
             Ok(Ok(PendingRenew::new(bundles, view.minter.clone())))
         },
-        move |ca| {
-            if ca.is_revoked(&slow_serial)? {
-                return Err(CaError::Revoked(slow_serial.to_string()));
+        |ca, serial| {
+            if ca.is_revoked(&serial)? {
+                return Err(CaError::Revoked(serial.to_string()));
             }
             ca.start_renew()
         },
@@ -332,21 +332,24 @@ async fn renew_svid(
     })
 }
 
-/// The first step of an issuance, a read: `fast` through a reader connection and the published
-/// view while the datastore is still at the view's version; otherwise `slow` under the CA's lock
-/// on the blocking pool, with a view made there (the signing state changed since the view was
-/// published and the maintenance task has not published a new one yet, or the reader failed:
-/// `fast`'s outer error is the datastore's, its inner one the request's own).
-async fn start_issuance<T, E, F, S>(
+/// The first step of an issuance (of `request`: the token, or the serial that renews), a read:
+/// `fast` through a reader connection and the published view while the datastore is still at
+/// the view's version; otherwise `slow` under the CA's lock on the blocking pool, with a view
+/// made there (the signing state changed since the view was published and the maintenance task
+/// has not published a new one yet, or the reader failed: `fast`'s outer error is the
+/// datastore's, its inner one the request's own).
+async fn start_issuance<C, T, E, F, S>(
     state: &Arc<State>,
+    request: C,
     fast: F,
     slow: S,
 ) -> Result<Result<(T, Arc<IssuanceView>), E>, ApiError>
 where
+    C: Send + 'static,
     T: Send + 'static,
     E: From<CaError> + Send + 'static,
-    F: FnOnce(&SqliteStore, &IssuanceView) -> Result<Result<T, E>, CaError>,
-    S: FnOnce(&crate::Authority) -> Result<T, E> + Send + 'static,
+    F: FnOnce(&SqliteStore, &IssuanceView, &C) -> Result<Result<T, E>, CaError>,
+    S: FnOnce(&crate::Authority, C) -> Result<T, E> + Send + 'static,
 {
     let started = state
         .readers
@@ -354,7 +357,7 @@ where
             let Some(view) = current_view(state, store)? else {
                 return Ok(None);
             };
-            Ok(Some(fast(store, &view)?.map(|t| (t, view))))
+            Ok(Some(fast(store, &view, &request)?.map(|t| (t, view))))
         })
         .await;
     match started {
@@ -366,7 +369,7 @@ where
             let (ca, st) = (state.authority.clone(), state.clone());
             blocking(move || {
                 let ca = ca.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let started = slow(&ca)?;
+                let started = slow(&ca, request)?;
                 let view = Arc::new(ca.issuance_view()?.ok_or(CaError::Reloading)?);
                 st.publish_newer_issuance_view(&view);
                 Ok((started, view))
