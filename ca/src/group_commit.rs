@@ -148,18 +148,10 @@ impl GroupCommit {
         })
     }
 
-    /// Queues `write` and waits until the transaction holding it is on disk (or failed).
-    /// [`CaError::Overloaded`] at once, with nothing written, when the queue is full.
-    pub async fn commit(&self, write: IssuanceWrite) -> Result<IssuanceOutcome, CaError> {
-        self.submit(write)?
-            .await
-            .map_err(|_| CaError::Internal("the CA's group commit thread has stopped"))?
-    }
-
-    /// As [`GroupCommit::commit`], and then the events `audit` makes of the outcome are written
-    /// to the audit log: the outcome comes back once they are on disk, or as
-    /// [`CaError::Audit`] if they could not be written. Refused, with nothing written, by a
-    /// writer spawned without an audit log.
+    /// Queues `write` and waits until the transaction holding it is on disk and the events
+    /// `audit` makes of its outcome are in the audit log, on disk too; [`CaError::Audit`] if
+    /// they could not be written. [`CaError::Overloaded`] at once, with nothing written, when
+    /// the queue is full; refused, with nothing written, by a writer spawned without a log.
     pub async fn commit_audited(
         &self,
         write: IssuanceWrite,
