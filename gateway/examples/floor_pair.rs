@@ -5,6 +5,9 @@
 //!     floor_pair inbound DIR LISTEN SERVICE     # HTTP/2 over mTLS in, HTTP/1.1 out
 //!     floor_pair outbound DIR LISTEN INBOUND    # HTTP/1.1 in, HTTP/2 over mTLS out
 //!     floor_pair outbound DIR LISTEN INBOUND http1   # the same with HTTP/1.1 over mTLS out
+//!     floor_pair outbound DIR LISTEN INBOUND h2xN    # N HTTP/2 connections to the inbound
+//!     floor_pair inbound DIR LISTEN SERVICE h2direct    # HTTP/2 on `h2` itself, not hyper
+//!     floor_pair outbound DIR LISTEN INBOUND h2direct   # (both sides, for the same hop)
 //!
 //! The same path as a meshgate pair (plain HTTP/1.1 → outbound → one HTTP/2 connection over
 //! TLS 1.3 with client certificates verified both ways → inbound → a keep-alive HTTP/1.1 pool
@@ -19,7 +22,11 @@
 //! and sends HTTP/1.1 over it, as the nginx and HAProxy pairs do; the inbound takes either (by
 //! ALPN). On the development machine that variant was slower than HTTP/2 between the pair and
 //! spent more CPU per request (docs/profiles/gateway-2026-11-27.md), so the benchmark runs the
-//! HTTP/2 one.
+//! HTTP/2 one. `h2xN` and `h2direct` are the two other designs the profile measured (its
+//! section "Other designs measured as floors"): N HTTP/2 connections between the pair, each
+//! caller's connection keeping to one of them in turn, and the hop on `h2`'s own client and
+//! server, without hyper's task and channel per request. More connections were slower; `h2`
+//! directly was within about a tenth of the hyper floor at 32 connections.
 //!
 //! `init` mints a CA and two leaf certificates with rcgen (P-256, as the SVIDs) into DIR;
 //! nothing is committed. Every address must be on 127.0.0.1.
@@ -66,8 +73,8 @@ fn failed(e: impl std::fmt::Display) -> Failed {
     Failed(e.to_string())
 }
 
-const USAGE: &str =
-    "usage: floor_pair init DIR | inbound DIR LISTEN SERVICE | outbound DIR LISTEN INBOUND [http1]";
+const USAGE: &str = "usage: floor_pair init DIR | inbound DIR LISTEN SERVICE [h2direct] \
+     | outbound DIR LISTEN INBOUND [http1 | h2xN | h2direct]";
 const SERVER_NAME: &str = "inbound.floor.example";
 
 fn main() -> Result<(), Error> {
@@ -80,11 +87,28 @@ fn main() -> Result<(), Error> {
         ["init", dir] => init(Path::new(dir)),
         ["inbound", dir, listen, service] => {
             let (listen, service) = (loopback(listen)?, loopback(service)?);
-            rt.block_on(inbound(Path::new(dir), listen, service))
+            rt.block_on(inbound(Path::new(dir), listen, service, false))
+        }
+        ["inbound", dir, listen, service, "h2direct"] => {
+            let (listen, service) = (loopback(listen)?, loopback(service)?);
+            rt.block_on(inbound(Path::new(dir), listen, service, true))
+        }
+        ["outbound", dir, listen, peer, "h2direct"] => {
+            let (listen, peer) = (loopback(listen)?, loopback(peer)?);
+            rt.block_on(outbound_h2direct(Path::new(dir), listen, peer))
         }
         ["outbound", dir, listen, peer] => {
             let (listen, peer) = (loopback(listen)?, loopback(peer)?);
-            rt.block_on(outbound(Path::new(dir), listen, peer))
+            rt.block_on(outbound(Path::new(dir), listen, peer, 1))
+        }
+        ["outbound", dir, listen, peer, n] if n.starts_with("h2x") => {
+            let (listen, peer) = (loopback(listen)?, loopback(peer)?);
+            let n: usize = n
+                .strip_prefix("h2x")
+                .and_then(|n| n.parse().ok())
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| format!("{n:?}: expected h2x1 to h2x64"))?;
+            rt.block_on(outbound(Path::new(dir), listen, peer, n))
         }
         ["outbound", dir, listen, peer, "http1"] => {
             let (listen, peer) = (loopback(listen)?, loopback(peer)?);
@@ -156,7 +180,12 @@ fn load(
     Ok((roots, chain, key))
 }
 
-async fn inbound(dir: &Path, listen: SocketAddr, service: SocketAddr) -> Result<(), Error> {
+async fn inbound(
+    dir: &Path,
+    listen: SocketAddr,
+    service: SocketAddr,
+    h2direct: bool,
+) -> Result<(), Error> {
     let (roots, chain, key) = load(dir, "inbound")?;
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
@@ -171,17 +200,26 @@ async fn inbound(dir: &Path, listen: SocketAddr, service: SocketAddr) -> Result<
         service,
         idle: Mutex::new(Vec::new()),
     });
+    let direct_pool: Arc<Pool<Full<Bytes>>> = Arc::new(Pool {
+        service,
+        idle: Mutex::new(Vec::new()),
+    });
     let listener = TcpListener::bind(listen).await?;
     eprintln!("floor_pair inbound on {listen}, service {service}");
     loop {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
         let (acceptor, pool) = (acceptor.clone(), pool.clone());
+        let direct_pool = direct_pool.clone();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            if h2 && h2direct {
+                let _ = serve_h2direct(tls, direct_pool).await;
+                return;
+            }
             let svc = service_fn(move |req| {
                 let pool = pool.clone();
                 async move { pool.forward(req).await }
@@ -200,13 +238,18 @@ async fn inbound(dir: &Path, listen: SocketAddr, service: SocketAddr) -> Result<
 }
 
 /// Keep-alive HTTP/1.1 connections to the service, most recently used first.
-struct Pool {
+struct Pool<B> {
     service: SocketAddr,
-    idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    idle: Mutex<Vec<http1::SendRequest<B>>>,
 }
 
-impl Pool {
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Failed> {
+impl<B> Pool<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async fn forward(&self, mut req: Request<B>) -> Result<Response<Full<Bytes>>, Failed> {
         let mut sender = loop {
             let idle = self.idle.lock().map_err(failed)?.pop();
             match idle {
@@ -241,6 +284,110 @@ impl Pool {
     }
 }
 
+/// Whole body of an `h2` stream, its flow-control capacity given back as it arrives.
+async fn read_h2_body(body: &mut h2::RecvStream) -> Result<Bytes, h2::Error> {
+    let mut whole = bytes::BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(whole.freeze())
+}
+
+/// The inbound's HTTP/2 side on `h2` directly, without hyper: a task per stream that forwards
+/// to the service and answers.
+async fn serve_h2direct<T>(tls: T, pool: Arc<Pool<Full<Bytes>>>) -> Result<(), Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut conn = h2::server::handshake(tls).await?;
+    while let Some(accepted) = conn.accept().await {
+        let (req, mut respond) = accepted?;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let (parts, mut body) = req.into_parts();
+            let answer = match read_h2_body(&mut body).await {
+                Ok(whole) => pool
+                    .forward(Request::from_parts(parts, Full::new(whole)))
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
+            let Some(answer) = answer else {
+                respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            };
+            let (mut parts, body) = answer.into_parts();
+            // HTTP/2 carries no connection-specific fields (hyper drops them itself).
+            for name in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
+                parts.headers.remove(name);
+            }
+            let Ok(body) = body.collect().await.map(|b| b.to_bytes());
+            let empty = body.is_empty();
+            if let Ok(mut stream) = respond.send_response(Response::from_parts(parts, ()), empty)
+                && !empty
+            {
+                let _ = stream.send_data(body, true);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The outbound side on `h2` directly, without hyper's HTTP/2 client (no task or channel per
+/// request): each request drives its own stream, one task drives the connection.
+async fn outbound_h2direct(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<(), Error> {
+    let config = client_config(dir, b"h2")?;
+    let tcp = TcpStream::connect(peer).await?;
+    tcp.set_nodelay(true)?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER_NAME)?, tcp)
+        .await?;
+    let (client, conn) = h2::client::handshake(tls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let authority = Authority::from_static(SERVER_NAME);
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!("floor_pair outbound (h2 directly) on {listen}, inbound {peer}");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let (client, authority) = (client.clone(), authority.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                let client = client.clone();
+                let authority = authority.clone();
+                async move {
+                    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+                    parts.scheme = Some(Scheme::HTTPS);
+                    parts.authority = Some(authority);
+                    *req.uri_mut() = Uri::from_parts(parts).map_err(failed)?;
+                    *req.version_mut() = hyper::Version::HTTP_2;
+                    req.headers_mut().remove(hyper::header::HOST);
+                    let (head, body) = req.into_parts();
+                    let whole = body.collect().await.map_err(failed)?.to_bytes();
+                    let mut client = client.ready().await.map_err(failed)?;
+                    let empty = whole.is_empty();
+                    let (response, mut stream) = client
+                        .send_request(Request::from_parts(head, ()), empty)
+                        .map_err(failed)?;
+                    if !empty {
+                        stream.send_data(whole, true).map_err(failed)?;
+                    }
+                    let (head, mut body) = response.await.map_err(failed)?.into_parts();
+                    let whole = read_h2_body(&mut body).await.map_err(failed)?;
+                    Ok::<_, Failed>(Response::from_parts(head, Full::new(whole)))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
 /// The outbound's TLS 1.3 client config: its certificate, the CA as the only root, `alpn`, no
 /// resumption.
 fn client_config(dir: &Path, alpn: &[u8]) -> Result<ClientConfig, Error> {
@@ -254,24 +401,37 @@ fn client_config(dir: &Path, alpn: &[u8]) -> Result<ClientConfig, Error> {
     Ok(config)
 }
 
-async fn outbound(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<(), Error> {
-    let config = client_config(dir, b"h2")?;
-    let tcp = TcpStream::connect(peer).await?;
-    tcp.set_nodelay(true)?;
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(SERVER_NAME)?, tcp)
-        .await?;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(Box::pin(tls)))
-        .await?;
-    tokio::spawn(conn);
+async fn outbound(
+    dir: &Path,
+    listen: SocketAddr,
+    peer: SocketAddr,
+    connections: usize,
+) -> Result<(), Error> {
+    let connector = TlsConnector::from(Arc::new(client_config(dir, b"h2")?));
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let tcp = TcpStream::connect(peer).await?;
+        tcp.set_nodelay(true)?;
+        let tls = connector
+            .connect(ServerName::try_from(SERVER_NAME)?, tcp)
+            .await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(Box::pin(tls)))
+            .await?;
+        tokio::spawn(conn);
+        senders.push(sender);
+    }
     let authority = Authority::from_static(SERVER_NAME);
     let listener = TcpListener::bind(listen).await?;
-    eprintln!("floor_pair outbound on {listen}, inbound {peer}");
-    loop {
+    eprintln!(
+        "floor_pair outbound on {listen}, inbound {peer}, {connections} HTTP/2 connection(s)"
+    );
+    // Each caller's connection keeps to one of the HTTP/2 connections, in turn.
+    for sender in senders.iter().cycle() {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
-        let (sender, authority) = (sender.clone(), authority.clone());
+        let sender = sender.clone();
+        let authority = authority.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 let mut sender = sender.clone();
@@ -291,6 +451,7 @@ async fn outbound(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<()
                 .await;
         });
     }
+    Ok(())
 }
 
 /// The outbound side with HTTP/1.1 between the gateways, as the nginx and HAProxy pairs do: each
