@@ -8,6 +8,7 @@
 //!     floor_pair outbound DIR LISTEN INBOUND h2xN    # N HTTP/2 connections to the inbound
 //!     floor_pair inbound DIR LISTEN SERVICE h2direct    # HTTP/2 on `h2` itself, not hyper
 //!     floor_pair outbound DIR LISTEN INBOUND h2direct   # (both sides, for the same hop)
+//!     floor_pair outbound DIR LISTEN INBOUND h2flushK   # h2direct, flushed every K requests
 //!
 //! The same path as a meshgate pair (plain HTTP/1.1 → outbound → one HTTP/2 connection over
 //! TLS 1.3 with client certificates verified both ways → inbound → a keep-alive HTTP/1.1 pool
@@ -22,11 +23,13 @@
 //! and sends HTTP/1.1 over it, as the nginx and HAProxy pairs do; the inbound takes either (by
 //! ALPN). On the development machine that variant was slower than HTTP/2 between the pair and
 //! spent more CPU per request (docs/profiles/gateway-2026-11-27.md), so the benchmark runs the
-//! HTTP/2 one. `h2xN` and `h2direct` are the two other designs the profile measured (its
+//! HTTP/2 one. `h2xN`, `h2direct` and `h2flushK` are the other designs the profile measured (its
 //! section "Other designs measured as floors"): N HTTP/2 connections between the pair, each
 //! caller's connection keeping to one of them in turn, and the hop on `h2`'s own client and
-//! server, without hyper's task and channel per request. More connections were slower; `h2`
-//! directly was within about a tenth of the hyper floor at 32 connections.
+//! server, without hyper's task and channel per request; `h2flushK` also drives that hop's
+//! connection from every K-th request, so that a batch's first requests leave before the rest
+//! are read. More connections were slower; `h2` directly was within about a tenth of the hyper
+//! floor at 32 connections; flushing earlier cost more CPU than the overlap gave back.
 //!
 //! `init` mints a CA and two leaf certificates with rcgen (P-256, as the SVIDs) into DIR;
 //! nothing is committed. Every address must be on 127.0.0.1.
@@ -74,7 +77,7 @@ fn failed(e: impl std::fmt::Display) -> Failed {
 }
 
 const USAGE: &str = "usage: floor_pair init DIR | inbound DIR LISTEN SERVICE [h2direct] \
-     | outbound DIR LISTEN INBOUND [http1 | h2xN | h2direct]";
+     | outbound DIR LISTEN INBOUND [http1 | h2xN | h2direct | h2flushK]";
 const SERVER_NAME: &str = "inbound.floor.example";
 
 fn main() -> Result<(), Error> {
@@ -95,7 +98,16 @@ fn main() -> Result<(), Error> {
         }
         ["outbound", dir, listen, peer, "h2direct"] => {
             let (listen, peer) = (loopback(listen)?, loopback(peer)?);
-            rt.block_on(outbound_h2direct(Path::new(dir), listen, peer))
+            rt.block_on(outbound_h2direct(Path::new(dir), listen, peer, 0))
+        }
+        ["outbound", dir, listen, peer, k] if k.starts_with("h2flush") => {
+            let (listen, peer) = (loopback(listen)?, loopback(peer)?);
+            let k: usize = k
+                .strip_prefix("h2flush")
+                .and_then(|k| k.parse().ok())
+                .filter(|k| (1..=1024).contains(k))
+                .ok_or_else(|| format!("{k:?}: expected h2flush1 to h2flush1024"))?;
+            rt.block_on(outbound_h2direct(Path::new(dir), listen, peer, k))
         }
         ["outbound", dir, listen, peer] => {
             let (listen, peer) = (loopback(listen)?, loopback(peer)?);
@@ -337,7 +349,12 @@ where
 
 /// The outbound side on `h2` directly, without hyper's HTTP/2 client (no task or channel per
 /// request): each request drives its own stream, one task drives the connection.
-async fn outbound_h2direct(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Result<(), Error> {
+async fn outbound_h2direct(
+    dir: &Path,
+    listen: SocketAddr,
+    peer: SocketAddr,
+    flush_every: usize,
+) -> Result<(), Error> {
     let config = client_config(dir, b"h2")?;
     let tcp = TcpStream::connect(peer).await?;
     tcp.set_nodelay(true)?;
@@ -345,9 +362,14 @@ async fn outbound_h2direct(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> 
         .connect(ServerName::try_from(SERVER_NAME)?, tcp)
         .await?;
     let (client, conn) = h2::client::handshake(tls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
+    let driver = Arc::new(Driver {
+        conn: Mutex::new(conn),
+        waker: Mutex::new(None),
+        sent: std::sync::atomic::AtomicUsize::new(0),
+        every: flush_every,
     });
+    let task = driver.clone();
+    tokio::spawn(std::future::poll_fn(move |cx| task.poll_task(cx)));
     let authority = Authority::from_static(SERVER_NAME);
     let listener = TcpListener::bind(listen).await?;
     eprintln!("floor_pair outbound (h2 directly) on {listen}, inbound {peer}");
@@ -355,10 +377,12 @@ async fn outbound_h2direct(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> 
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
         let (client, authority) = (client.clone(), authority.clone());
+        let driver = driver.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 let client = client.clone();
                 let authority = authority.clone();
+                let driver = driver.clone();
                 async move {
                     let mut parts = std::mem::take(req.uri_mut()).into_parts();
                     parts.scheme = Some(Scheme::HTTPS);
@@ -376,6 +400,7 @@ async fn outbound_h2direct(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> 
                     if !empty {
                         stream.send_data(whole, true).map_err(failed)?;
                     }
+                    driver.nudge();
                     let (head, mut body) = response.await.map_err(failed)?.into_parts();
                     let whole = read_h2_body(&mut body).await.map_err(failed)?;
                     Ok::<_, Failed>(Response::from_parts(head, Full::new(whole)))
@@ -385,6 +410,46 @@ async fn outbound_h2direct(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> 
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
+    }
+}
+
+type H2Client = h2::client::Connection<tokio_rustls::client::TlsStream<TcpStream>, Bytes>;
+
+/// The outbound's `h2` connection, driven by a task of its own and, with `every` > 0, also by
+/// every `every`-th request right after it is queued, so that the first requests of a batch
+/// leave before the rest are read (with the connection task's waker, which keeps its wake-ups).
+struct Driver {
+    conn: Mutex<H2Client>,
+    waker: Mutex<Option<std::task::Waker>>,
+    sent: std::sync::atomic::AtomicUsize,
+    every: usize,
+}
+
+impl Driver {
+    fn poll_task(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if let Ok(mut waker) = self.waker.lock()
+            && !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            *waker = Some(cx.waker().clone());
+        }
+        let Ok(mut conn) = self.conn.lock() else {
+            return std::task::Poll::Ready(());
+        };
+        std::pin::Pin::new(&mut *conn).poll(cx).map(|_| ())
+    }
+
+    fn nudge(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.every == 0 || !(self.sent.fetch_add(1, Relaxed) + 1).is_multiple_of(self.every) {
+            return;
+        }
+        let Some(waker) = self.waker.lock().ok().and_then(|w| w.clone()) else {
+            return;
+        };
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let Ok(mut conn) = self.conn.lock() {
+            let _ = std::pin::Pin::new(&mut *conn).poll(&mut cx);
+        }
     }
 }
 
