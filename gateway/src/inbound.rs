@@ -482,7 +482,8 @@ async fn forward(
         Err(refusal) => return refusal.into_response(),
     };
     let (body, sent) = Watched::request(body, limits.idle_timeout, context.activity.clone());
-    let request = inbound.upstream.send(Request::from_parts(parts, body));
+    // Pinned here, so that `answer` holds a pointer to it rather than a second copy.
+    let request = std::pin::pin!(inbound.upstream.send(Request::from_parts(parts, body)));
     match stream::answer(request, sent, limits.response_timeout).await {
         Some(Ok(response)) => {
             let (mut parts, body) = response.into_parts();

@@ -305,12 +305,9 @@ async fn relay(
     // One retry on a fresh connection when the pooled one was gone before the request left.
     for attempt in 0..2 {
         let (mut sender, peer_not_after) = outbound.sender().await?;
-        let answer = stream::answer(
-            sender.try_send_request(request),
-            sent.clone(),
-            limits.response_timeout,
-        )
-        .await;
+        // Pinned here, so that `answer` holds a pointer to it rather than a second copy.
+        let sending = std::pin::pin!(sender.try_send_request(request));
+        let answer = stream::answer(sending, sent.clone(), limits.response_timeout).await;
         let Some(answer) = answer else {
             // Dropping the request resets its stream; the connection stays pooled.
             tracing::warn!(route = %outbound.route.name, "the peer gateway did not answer within limits.response_timeout");

@@ -152,7 +152,9 @@ impl Upstream {
             let (mut sender, pooled) = match self.pool.checkout(self.idle_timeout) {
                 Some(sender) => (sender, true),
                 None => {
-                    let mut sender = self.connect_http1().await?;
+                    // Boxed: connecting is rare, and its state (the TCP connect and hyper's
+                    // handshake) would otherwise be part of every request's future.
+                    let mut sender = Box::pin(self.connect_http1()).await?;
                     sender.ready().await.map_err(UpstreamError::Http)?;
                     (sender, false)
                 }
@@ -187,7 +189,8 @@ impl Upstream {
                         sender.clone()
                     }
                     _ => {
-                        let sender = self.connect_h2c().await?;
+                        // Boxed, as for HTTP/1.1: rare, and large.
+                        let sender = Box::pin(self.connect_h2c()).await?;
                         *slot = Some((sender.clone(), Instant::now()));
                         sender
                     }
