@@ -74,6 +74,12 @@ enum Msg {
         action: Action,
         reply: Option<Durable>,
     },
+    /// Several events for one caller, appended together (in order, into one batch) and
+    /// answered once: with the last one's seq, or the first refusal.
+    Events {
+        bodies: Vec<(Body, Action)>,
+        reply: Durable,
+    },
     Flush(SyncSender<Result<(), AuditError>>),
 }
 
@@ -84,6 +90,10 @@ impl std::fmt::Debug for Msg {
                 .debug_struct("Event")
                 .field("action", action)
                 .field("durable", &reply.is_some())
+                .finish_non_exhaustive(),
+            Self::Events { bodies, .. } => f
+                .debug_struct("Events")
+                .field("count", &bodies.len())
                 .finish_non_exhaustive(),
             Self::Flush(_) => f.write_str("Flush"),
         }
@@ -201,6 +211,31 @@ impl AuditSink {
             body,
             action,
             reply: Some(durable),
+        })
+    }
+
+    /// Queues `events` as one message (blocking while the queue is full), so that they go into
+    /// the same batch, in order, and calls `durable` once, from the log's threads: with the
+    /// last event's seq once all of them are on disk, or with the first error if any was
+    /// refused (the others are still written). An event that cannot be encoded refuses the
+    /// whole call here, with nothing queued and `durable` not called. No events: `durable` is
+    /// called at once with seq 0.
+    pub fn record_all_then(
+        &self,
+        events: &[AuditEvent],
+        durable: Durable,
+    ) -> Result<(), AuditError> {
+        if events.is_empty() {
+            durable(Ok(0));
+            return Ok(());
+        }
+        let bodies = events
+            .iter()
+            .map(|event| Ok((encode_body(event)?, event.action)))
+            .collect::<Result<Vec<_>, AuditError>>()?;
+        self.send(Msg::Events {
+            bodies,
+            reply: durable,
         })
     }
 
@@ -428,6 +463,31 @@ fn write_batch(
                 }
                 spent.push(body);
             }
+            Msg::Events { bodies, reply } => {
+                let mut last = 0;
+                let mut refused = None;
+                for (body, action) in bodies {
+                    match writer.append_body(&body) {
+                        Ok(seq) => last = seq,
+                        Err(e) if writer.failure().is_none() => {
+                            // This event alone is refused (the clock): the caller hears of it.
+                            tracing::error!(error = %e, ?action, "audit event not written");
+                            refused.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            if failed.get().is_none() {
+                                tracing::error!(error = %e, "audit writer failed");
+                            }
+                        }
+                    }
+                    spent.push(body);
+                }
+                // After a writer failure the sync answers it with that failure.
+                match refused {
+                    Some(e) => reply(Err(e)),
+                    None => durable.push((reply, last)),
+                }
+            }
             Msg::Flush(reply) => flushes.push(reply),
         }
     }
@@ -554,6 +614,106 @@ mod tests {
         ));
         assert!(matches!(sink.flush(), Err(AuditError::Failed { .. })));
         assert!(matches!(sink.shutdown(), Err(AuditError::Failed { .. })));
+    }
+
+    /// A callback that hands its result to a channel, for tests.
+    fn to_channel() -> (Durable, std::sync::mpsc::Receiver<Result<u64, AuditError>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Box::new(move |result| tx.send(result).unwrap()), rx)
+    }
+
+    #[test]
+    fn record_all_then_writes_the_events_in_order_in_one_batch_and_answers_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (sink, entered, go) = gated_sink(&path, Component::Ca);
+        let (first, first_done) = to_channel();
+        sink.record_all_then(&[event().with_reason("before")], first)
+            .unwrap();
+        // The writer thread holds that one; the three below wait in the queue as one message.
+        entered.recv().unwrap();
+        let (all, all_done) = to_channel();
+        let events = ["a", "b", "c"].map(|r| event().with_reason(r));
+        sink.record_all_then(&events, all).unwrap();
+        assert!(
+            all_done.try_recv().is_err(),
+            "answered before it was written"
+        );
+        go.send(()).unwrap();
+        let before = first_done.recv().unwrap().unwrap();
+        // Answered once, with the last event's seq.
+        assert_eq!(all_done.recv().unwrap().unwrap(), before + 3);
+        // The first event's batch, then the three together (the count follows the answers).
+        for _ in 0..200 {
+            if sink.batches_synced() >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(sink.batches_synced(), 2);
+        sink.shutdown().unwrap();
+        assert!(all_done.try_recv().is_err(), "answered twice");
+        let reasons: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["reason"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(reasons, ["before", "a", "b", "c"]);
+        assert_eq!(crate::verify_file(&path).unwrap().records, 4);
+    }
+
+    #[test]
+    fn record_all_then_answers_nothing_to_write_at_once_and_a_refusal_with_its_error() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let broken = Arc::new(AtomicBool::new(false));
+        let clock_broken = Arc::clone(&broken);
+        let clock = move || {
+            let now = time::OffsetDateTime::now_utc();
+            if clock_broken.load(Ordering::SeqCst) {
+                now.replace_year(-1).unwrap()
+            } else {
+                now
+            }
+        };
+        let (writer, _) = AuditWriter::open_with_clock(&path, Component::Ca, clock).unwrap();
+        let sink = AuditSink::spawn(writer, 8).unwrap();
+        let (none, none_done) = to_channel();
+        sink.record_all_then(&[], none).unwrap();
+        assert_eq!(none_done.try_recv().unwrap().unwrap(), 0);
+        broken.store(true, Ordering::SeqCst);
+        let (refused, refused_done) = to_channel();
+        sink.record_all_then(&[event(), event()], refused).unwrap();
+        let err = refused_done.recv().unwrap().unwrap_err();
+        assert!(matches!(err, AuditError::BadTime(_)), "{err}");
+        // A refusal for the clock stops nothing: the next batch is written.
+        broken.store(false, Ordering::SeqCst);
+        let (fine, fine_done) = to_channel();
+        sink.record_all_then(&[event(), event()], fine).unwrap();
+        // Records count from seq 1: the last of the two is 2.
+        assert_eq!(fine_done.recv().unwrap().unwrap(), 2);
+        sink.shutdown().unwrap();
+        assert_eq!(crate::verify_file(&path).unwrap().records, 2);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn record_all_then_reports_a_failed_sync() {
+        let path = std::path::Path::new("/dev/full");
+        let file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        let sink = AuditSink::spawn(AuditWriter::over(file, path), 8).unwrap();
+        let (all, all_done) = to_channel();
+        sink.record_all_then(&[event(), event()], all).unwrap();
+        let err = all_done.recv().unwrap().unwrap_err();
+        assert!(matches!(err, AuditError::Failed { .. }), "{err}");
+        assert!(matches!(
+            sink.record_all_then(&[event()], to_channel().0),
+            Err(AuditError::Failed { .. })
+        ));
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! wait rather than drop an event. The server signs checkpoints with its own SVID.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use meshgate_audit::{
     AuditError, AuditEvent, AuditSink, AuditWriter, CheckpointPolicy, CheckpointSigner, Component,
-    Durable, LogOptions, Rotation, SystemClock,
+    LogOptions, Rotation, SystemClock,
 };
 
 use crate::error::CaError;
@@ -60,49 +60,24 @@ impl CaAudit {
             .map_err(|e| CaError::Audit(e.to_string()))
     }
 
-    /// Queues `events` in order (blocking while the queue is full) and calls `done` from the
-    /// log's thread once the last is on disk, with the first failure of any of them. On an
-    /// error here `done` is never called.
+    /// Queues `events` in order, as one message (blocking while the queue is full), and calls
+    /// `done` from the log's thread once the last is on disk, with the first failure of any of
+    /// them. On an error here `done` is never called.
     pub fn record_all_then(
         &self,
         events: Vec<AuditEvent>,
         done: Box<dyn FnOnce(Result<(), CaError>) + Send>,
     ) -> Result<(), CaError> {
-        let n = events.len();
-        if n == 0 {
-            done(Ok(()));
-            return Ok(());
-        }
-        let refused: Arc<Mutex<Option<AuditError>>> = Arc::default();
-        let mut done = Some(done);
-        for (i, event) in events.into_iter().enumerate() {
-            let refused = Arc::clone(&refused);
-            // Every event reports; the writer thread answers them in order, so when the last
-            // one is answered the others have been. One refused on its own (the writer goes
-            // on) fails the whole batch all the same.
-            let durable: Durable = match if i + 1 == n { done.take() } else { None } {
-                Some(done) => Box::new(move |result: Result<u64, AuditError>| {
-                    let earlier = refused
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .take();
-                    done(match earlier {
-                        Some(e) => Err(audit_err(e)),
-                        None => result.map(|_| ()).map_err(audit_err),
-                    });
+        // One message for the batch: its events land in one write and one sync, and the log's
+        // thread is woken once for them.
+        self.sink
+            .record_all_then(
+                &events,
+                Box::new(move |result: Result<u64, AuditError>| {
+                    done(result.map(|_| ()).map_err(audit_err));
                 }),
-                None => Box::new(move |result: Result<u64, AuditError>| {
-                    if let Err(e) = result {
-                        refused
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .get_or_insert(e);
-                    }
-                }),
-            };
-            self.sink.record_then(event, durable).map_err(audit_err)?;
-        }
-        Ok(())
+            )
+            .map_err(audit_err)
     }
 }
 
