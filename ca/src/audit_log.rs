@@ -15,7 +15,8 @@ use crate::error::CaError;
 /// The audit log's file name inside a CA directory.
 pub const AUDIT_FILE: &str = "audit.jsonl";
 
-/// How many events may wait for the writer thread before callers block.
+/// How many messages may wait for the writer thread before callers block: an event each, or a
+/// commit batch's events together (at most `group_commit::MAX_BATCH` writes' worth).
 const QUEUE: usize = 4096;
 
 #[derive(Debug)]
