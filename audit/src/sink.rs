@@ -598,13 +598,18 @@ mod tests {
         (AuditSink::spawn(writer, 1).unwrap(), entered, go)
     }
 
-    /// A sink whose every sync fails: /dev/full takes writes into no space.
+    /// A sink whose every write fails: /dev/full takes writes into no space.
+    #[cfg(target_os = "linux")]
+    fn full_sink() -> AuditSink {
+        let path = std::path::Path::new("/dev/full");
+        let file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        AuditSink::spawn(AuditWriter::over(file, path), 8).unwrap()
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_failed_write_reaches_every_caller_and_stops_the_sink() {
-        let path = std::path::Path::new("/dev/full");
-        let file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-        let sink = AuditSink::spawn(AuditWriter::over(file, path), 8).unwrap();
+        let sink = full_sink();
         sink.record(event()).unwrap();
         let err = sink.record_durable(event()).unwrap_err();
         assert!(matches!(err, AuditError::Failed { .. }), "{err}");
@@ -717,9 +722,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn record_all_then_reports_a_failed_write() {
-        let path = std::path::Path::new("/dev/full");
-        let file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-        let sink = AuditSink::spawn(AuditWriter::over(file, path), 8).unwrap();
+        let sink = full_sink();
         let (all, all_done) = to_channel();
         sink.record_all_then(&[event(), event()], all).unwrap();
         let err = all_done.recv().unwrap().unwrap_err();

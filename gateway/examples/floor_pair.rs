@@ -102,11 +102,7 @@ fn main() -> Result<(), Error> {
         }
         ["outbound", dir, listen, peer, k] if k.starts_with("h2flush") => {
             let (listen, peer) = (loopback(listen)?, loopback(peer)?);
-            let k: usize = k
-                .strip_prefix("h2flush")
-                .and_then(|k| k.parse().ok())
-                .filter(|k| (1..=1024).contains(k))
-                .ok_or_else(|| format!("{k:?}: expected h2flush1 to h2flush1024"))?;
+            let k = numbered(k, "h2flush", 1024)?;
             rt.block_on(outbound_h2direct(Path::new(dir), listen, peer, k))
         }
         ["outbound", dir, listen, peer] => {
@@ -115,11 +111,7 @@ fn main() -> Result<(), Error> {
         }
         ["outbound", dir, listen, peer, n] if n.starts_with("h2x") => {
             let (listen, peer) = (loopback(listen)?, loopback(peer)?);
-            let n: usize = n
-                .strip_prefix("h2x")
-                .and_then(|n| n.parse().ok())
-                .filter(|n| (1..=64).contains(n))
-                .ok_or_else(|| format!("{n:?}: expected h2x1 to h2x64"))?;
+            let n = numbered(n, "h2x", 64)?;
             rt.block_on(outbound(Path::new(dir), listen, peer, n))
         }
         ["outbound", dir, listen, peer, "http1"] => {
@@ -128,6 +120,14 @@ fn main() -> Result<(), Error> {
         }
         _ => Err(USAGE.into()),
     }
+}
+
+/// The N of an option `PREFIX<N>`, from 1 to `max`.
+fn numbered(arg: &str, prefix: &str, max: usize) -> Result<usize, Error> {
+    arg.strip_prefix(prefix)
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("{arg:?}: expected {prefix}1 to {prefix}{max}").into())
 }
 
 fn loopback(addr: &str) -> Result<SocketAddr, Error> {
