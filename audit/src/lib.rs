@@ -81,7 +81,7 @@ pub use export::{
 };
 pub use record::{ChainHash, MAX_LINE_BYTES, Record};
 pub use rotation::{LogFiles, Rotation, group_files, rotated_name};
-pub use sink::{AuditSink, Durable, MAX_BATCH, Queued};
+pub use sink::{AuditSink, Durable, MAX_BATCH};
 pub use verify::{Records, VerifySummary, read_records, verify_file};
 pub use verify_logs::{CLOCK_STEP_SECS, LogDamage, LogReport, VerifyOptions, verify_log};
 pub use writer::{AuditWriter, LogOptions, OpenReport, Recovery, SYSTEM_ACTOR};

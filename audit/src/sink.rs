@@ -50,23 +50,6 @@ pub struct AuditSink {
 /// a channel).
 pub type Durable = Box<dyn FnOnce(Result<u64, AuditError>) + Send>;
 
-/// What [`AuditSink::try_record_then`] did with an event.
-pub enum Queued {
-    /// Queued: the callback will be called.
-    Yes,
-    /// The queue was full and nothing was queued: the event and its callback come back.
-    Full(Box<(AuditEvent, Durable)>),
-}
-
-impl std::fmt::Debug for Queued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Yes => f.write_str("Yes"),
-            Self::Full(_) => f.write_str("Full"),
-        }
-    }
-}
-
 enum Msg {
     Event {
         /// Encoded on the caller's thread: the writer thread only frames and hashes it.
@@ -176,44 +159,6 @@ impl AuditSink {
         done.recv().map_err(|_| AuditError::Closed)?
     }
 
-    /// Queues `event` without blocking and calls `durable` from the writer thread once the event
-    /// is on disk (with its seq) or cannot be: for callers that wait without a thread of their
-    /// own (an async task hands it a oneshot sender). With the queue full, nothing is queued and
-    /// the event and callback come back in [`Queued::Full`], for the caller to wait for room
-    /// where it may block ([`AuditSink::record_then`]).
-    pub fn try_record_then(
-        &self,
-        event: AuditEvent,
-        durable: Durable,
-    ) -> Result<Queued, AuditError> {
-        let (body, action) = (encode_body(&event)?, event.action);
-        let msg = Msg::Event {
-            body,
-            action,
-            reply: Some(durable),
-        };
-        match self.try_send(msg)? {
-            None => Ok(Queued::Yes),
-            Some(Msg::Event {
-                reply: Some(durable),
-                ..
-            }) => Ok(Queued::Full(Box::new((event, durable)))),
-            Some(_) => Err(AuditError::Internal(
-                "the audit queue gave back another message",
-            )),
-        }
-    }
-
-    /// As [`AuditSink::try_record_then`], blocking while the queue is full.
-    pub fn record_then(&self, event: AuditEvent, durable: Durable) -> Result<(), AuditError> {
-        let (body, action) = (encode_body(&event)?, event.action);
-        self.send(Msg::Event {
-            body,
-            action,
-            reply: Some(durable),
-        })
-    }
-
     /// Queues `events` as one message (blocking while the queue is full), so that they go into
     /// the same batch, in order, and calls `durable` once, from the log's threads: with the
     /// last event's seq once all of them are on disk, or with the first error if any was
@@ -255,21 +200,6 @@ impl AuditSink {
     /// Drains the queue, syncs, stops the thread, and returns the first error it met.
     pub fn shutdown(mut self) -> Result<(), AuditError> {
         self.stop()
-    }
-
-    /// Queues `msg` if there is room; gives it back when the queue is full.
-    fn try_send(&self, msg: Msg) -> Result<Option<Msg>, AuditError> {
-        if let Some(cause) = self.failed.get() {
-            return Err(AuditError::Failed {
-                cause: cause.clone(),
-            });
-        }
-        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
-        match tx.try_send(msg) {
-            Ok(()) => Ok(None),
-            Err(TrySendError::Full(msg)) => Ok(Some(msg)),
-            Err(TrySendError::Disconnected(_)) => Err(AuditError::Closed),
-        }
     }
 
     fn send(&self, msg: Msg) -> Result<(), AuditError> {
@@ -765,53 +695,6 @@ mod tests {
         assert_eq!(gap["actor"], SYSTEM_ACTOR);
         assert_eq!(gap["component"], "gateway");
         assert_eq!(gap["outcome"], "failure");
-    }
-
-    #[test]
-    fn try_record_then_calls_back_once_synced_and_gives_everything_back_when_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let (sink, entered, go) = gated_sink(&path, Component::Ca);
-        let (synced_tx, synced) = std::sync::mpsc::channel::<(&str, Result<u64, AuditError>)>();
-        let callback = |name: &'static str| -> Durable {
-            let tx = synced_tx.clone();
-            Box::new(move |result| tx.send((name, result)).unwrap())
-        };
-        assert!(matches!(
-            sink.try_record_then(event(), callback("first")).unwrap(),
-            Queued::Yes
-        ));
-        entered.recv().unwrap();
-        assert!(matches!(
-            sink.try_record_then(event(), callback("second")).unwrap(),
-            Queued::Yes
-        ));
-        // The queue (one) is full: nothing is queued or counted, and both come back.
-        let full = sink
-            .try_record_then(event().with_reason("third"), callback("third"))
-            .unwrap();
-        let Queued::Full(back) = full else {
-            panic!("a full queue took the event: {full:?}")
-        };
-        let (third, third_done) = *back;
-        assert_eq!(third.reason.as_deref(), Some("third"));
-        // Nothing is called back before the batch is on disk.
-        assert!(synced.try_recv().is_err());
-        go.send(()).unwrap();
-        let next = |expected: &str| {
-            let (name, result) = synced.recv().unwrap();
-            assert_eq!(name, expected);
-            result.unwrap()
-        };
-        let first = next("first");
-        assert_eq!(next("second"), first + 1);
-        // What came back can still be written, where blocking for room is allowed.
-        sink.record_then(third, third_done).unwrap();
-        assert_eq!(next("third"), first + 2);
-        sink.shutdown().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("\"gap\""), "nothing was dropped: {text}");
-        assert_eq!(crate::verify_file(&path).unwrap().records, 3);
     }
 
     #[test]
