@@ -355,18 +355,14 @@ async fn outbound_h2direct(
     peer: SocketAddr,
     flush_every: usize,
 ) -> Result<(), Error> {
-    let config = client_config(dir, b"h2")?;
-    let tcp = TcpStream::connect(peer).await?;
-    tcp.set_nodelay(true)?;
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(SERVER_NAME)?, tcp)
-        .await?;
-    let (client, conn) = h2::client::handshake(tls).await?;
+    let connector = TlsConnector::from(Arc::new(client_config(dir, b"h2")?));
+    let (client, conn) = h2::client::handshake(dial(&connector, peer).await?).await?;
     let driver = Arc::new(Driver {
         conn: Mutex::new(conn),
         waker: Mutex::new(None),
         sent: std::sync::atomic::AtomicUsize::new(0),
         every: flush_every,
+        ended: std::sync::atomic::AtomicBool::new(false),
     });
     let task = driver.clone();
     tokio::spawn(std::future::poll_fn(move |cx| task.poll_task(cx)));
@@ -384,12 +380,7 @@ async fn outbound_h2direct(
                 let authority = authority.clone();
                 let driver = driver.clone();
                 async move {
-                    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-                    parts.scheme = Some(Scheme::HTTPS);
-                    parts.authority = Some(authority);
-                    *req.uri_mut() = Uri::from_parts(parts).map_err(failed)?;
-                    *req.version_mut() = hyper::Version::HTTP_2;
-                    req.headers_mut().remove(hyper::header::HOST);
+                    to_peer(&mut req, authority)?;
                     let (head, body) = req.into_parts();
                     let whole = body.collect().await.map_err(failed)?.to_bytes();
                     let mut client = client.ready().await.map_err(failed)?;
@@ -423,6 +414,8 @@ struct Driver {
     waker: Mutex<Option<std::task::Waker>>,
     sent: std::sync::atomic::AtomicUsize,
     every: usize,
+    /// The connection's future has completed: it is not polled again.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl Driver {
@@ -432,10 +425,22 @@ impl Driver {
         {
             *waker = Some(cx.waker().clone());
         }
+        self.poll_conn(cx)
+    }
+
+    fn poll_conn(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.ended.load(Relaxed) {
+            return std::task::Poll::Ready(());
+        }
         let Ok(mut conn) = self.conn.lock() else {
             return std::task::Poll::Ready(());
         };
-        std::pin::Pin::new(&mut *conn).poll(cx).map(|_| ())
+        let polled = std::pin::Pin::new(&mut *conn).poll(cx).map(|_| ());
+        if polled.is_ready() {
+            self.ended.store(true, Relaxed);
+        }
+        polled
     }
 
     fn nudge(&self) {
@@ -446,11 +451,38 @@ impl Driver {
         let Some(waker) = self.waker.lock().ok().and_then(|w| w.clone()) else {
             return;
         };
-        let mut cx = std::task::Context::from_waker(&waker);
-        if let Ok(mut conn) = self.conn.lock() {
-            let _ = std::pin::Pin::new(&mut *conn).poll(&mut cx);
+        // Polled with the connection task's waker, which thus keeps its wake-ups; if this
+        // poll ends the connection, that task is woken and sees it ended.
+        if self
+            .poll_conn(&mut std::task::Context::from_waker(&waker))
+            .is_ready()
+        {
+            waker.wake();
         }
     }
+}
+
+/// A TLS connection to the inbound at `peer`.
+async fn dial(
+    connector: &TlsConnector,
+    peer: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+    let tcp = TcpStream::connect(peer).await?;
+    tcp.set_nodelay(true)?;
+    Ok(connector
+        .connect(ServerName::try_from(SERVER_NAME)?, tcp)
+        .await?)
+}
+
+/// A caller's HTTP/1.1 request made an HTTP/2 one for the inbound: an absolute URI, no `Host`.
+fn to_peer<B>(req: &mut Request<B>, authority: Authority) -> Result<(), Failed> {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Some(authority);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(failed)?;
+    *req.version_mut() = hyper::Version::HTTP_2;
+    req.headers_mut().remove(hyper::header::HOST);
+    Ok(())
 }
 
 /// The outbound's TLS 1.3 client config: its certificate, the CA as the only root, `alpn`, no
@@ -475,11 +507,7 @@ async fn outbound(
     let connector = TlsConnector::from(Arc::new(client_config(dir, b"h2")?));
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let tcp = TcpStream::connect(peer).await?;
-        tcp.set_nodelay(true)?;
-        let tls = connector
-            .connect(ServerName::try_from(SERVER_NAME)?, tcp)
-            .await?;
+        let tls = dial(&connector, peer).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(Box::pin(tls)))
             .await?;
@@ -502,12 +530,7 @@ async fn outbound(
                 let mut sender = sender.clone();
                 let authority = authority.clone();
                 async move {
-                    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-                    parts.scheme = Some(Scheme::HTTPS);
-                    parts.authority = Some(authority);
-                    *req.uri_mut() = Uri::from_parts(parts).map_err(failed)?;
-                    *req.version_mut() = hyper::Version::HTTP_2;
-                    req.headers_mut().remove(hyper::header::HOST);
+                    to_peer(&mut req, authority)?;
                     sender.send_request(req).await.map_err(failed)
                 }
             });
@@ -538,10 +561,7 @@ async fn outbound_http1(dir: &Path, listen: SocketAddr, peer: SocketAddr) -> Res
                 async move {
                     let mut slot = upstream.lock().await;
                     if slot.as_ref().is_none_or(|s| !s.is_ready()) {
-                        let tcp = TcpStream::connect(peer).await.map_err(failed)?;
-                        tcp.set_nodelay(true).map_err(failed)?;
-                        let name = ServerName::try_from(SERVER_NAME).map_err(failed)?;
-                        let tls = connector.connect(name, tcp).await.map_err(failed)?;
+                        let tls = dial(&connector, peer).await.map_err(failed)?;
                         let (s, conn) = http1::handshake(TokioIo::new(Box::pin(tls)))
                             .await
                             .map_err(failed)?;
