@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::stream::Timers;
+
 /// When a connection last did something, and how many requests it has in flight.
 #[derive(Debug)]
 pub(crate) struct Activity {
@@ -17,6 +19,8 @@ pub(crate) struct Activity {
     /// Milliseconds since `start` of the last request's start or end.
     last: AtomicU64,
     in_flight: AtomicUsize,
+    /// The response timers its requests reuse.
+    timers: Timers,
 }
 
 impl Activity {
@@ -25,6 +29,7 @@ impl Activity {
             start: Instant::now(),
             last: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            timers: Timers::default(),
         })
     }
 
@@ -37,6 +42,11 @@ impl Activity {
     /// now.
     pub(crate) fn bytes_moved(&self) {
         self.touch();
+    }
+
+    /// The timers this connection's requests wait on for an answer (see [`Timers`]).
+    pub(crate) fn timers(&self) -> &Timers {
+        &self.timers
     }
 
     /// Marks a request in flight until the guard is dropped.

@@ -2,8 +2,8 @@
 //! `x-forwarded-client-cert` with Envoy's SANITIZE_SET meaning: whatever came in is dropped and
 //! the gateway sets its own.
 
-use hyper::HeaderMap;
 use hyper::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use hyper::{HeaderMap, Version};
 use meshgate_identity::SpiffeId;
 
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -13,53 +13,63 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes the hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` except its `trailers` value
 /// (which gRPC needs end to end and HTTP/2 allows).
+///
+/// Needed for what came over HTTP/1.1 only: see [`strip_hop_by_hop_from`].
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names notes which of the fixed hop-by-hop headers are present
-    // (standard names compare as small integers); most requests carry none, and a response
-    // from an HTTP/1.1 service usually only `Connection: keep-alive`. Only what is present is
-    // removed, and only a `Connection` token naming another header present costs an
-    // allocation.
+    // One pass over the names notes which of the fixed hop-by-hop headers are present (by
+    // length first, so most names cost one comparison); most requests carry none, and a
+    // response from an HTTP/1.1 service usually only `Connection: keep-alive`. Only what is
+    // present is looked at and removed, and only a `Connection` token naming another header
+    // present costs an allocation.
     let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
     for name in headers.keys() {
-        for (hop, seen) in HOP_BY_HOP.iter().zip(present.iter_mut()) {
-            *seen |= name == hop;
+        if let Some(i) = hop_by_hop_index(name) {
+            if let Some(seen) = present.get_mut(i) {
+                *seen = true;
+            }
+            any = true;
         }
     }
-    if !present.contains(&true) {
+    if !any {
         return;
     }
+    let [connection, _, _, te, _, _] = present;
     let mut named: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        let token = token.trim();
-        // `close` names no header; the fixed ones go below anyway.
-        if token.eq_ignore_ascii_case("close")
-            || HOP_BY_HOP
-                .iter()
-                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+    if connection {
+        for token in headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
         {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-            && headers.contains_key(&name)
-        {
-            named.push(name);
+            let token = token.trim();
+            // `close` and `keep-alive` name no other header; the fixed ones go below anyway.
+            if token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                && headers.contains_key(&name)
+            {
+                named.push(name);
+            }
         }
     }
-    let trailers = headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+    let trailers = te
+        && headers
+            .get_all(TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
     for name in named {
         headers.remove(name);
     }
@@ -71,6 +81,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// [`strip_hop_by_hop`] for a message that came in as `version`. An HTTP/2 message has nothing
+/// to strip: HTTP/2 has no hop-by-hop headers (RFC 9113 §8.2.2), and the `h2` crate under
+/// hyper treats a message that carries one, or a `TE` other than `trailers`, as malformed and
+/// resets its stream, so it never reaches the gateway (tested: `data_plane.rs`).
+pub fn strip_hop_by_hop_from(version: Version, headers: &mut HeaderMap) {
+    if version != Version::HTTP_2 {
+        strip_hop_by_hop(headers);
+    }
+}
+
+/// The place of `name` in [`HOP_BY_HOP`], if it is one of them.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let s = name.as_str();
+    let i = match s.len() {
+        2 => 3,
+        7 => 5,
+        10 if s == "keep-alive" => 1,
+        10 => 0,
+        16 => 2,
+        17 => 4,
+        _ => return None,
+    };
+    HOP_BY_HOP.get(i).filter(|h| *h == name).map(|_| i)
 }
 
 /// The hop-by-hop headers every hop removes, besides those `Connection` names.
@@ -94,9 +129,14 @@ pub fn xfcc_value(own: &SpiffeId, peer: &SpiffeId, leaf_sha256: &[u8; 32]) -> Op
 /// SANITIZE_SET: every incoming `x-forwarded-client-cert` is removed and replaced by `value`
 /// (see [`xfcc_value`]).
 pub fn set_xfcc(headers: &mut HeaderMap, value: Option<&HeaderValue>) {
-    headers.remove(XFCC);
-    if let Some(value) = value {
-        headers.insert(XFCC, value.clone());
+    // `insert` replaces every value the name had.
+    match value {
+        Some(value) => {
+            headers.insert(XFCC, value.clone());
+        }
+        None => {
+            headers.remove(XFCC);
+        }
     }
 }
 
@@ -163,6 +203,51 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-length"]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_found_by_length_then_name() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        // End-to-end names of the same lengths, standard and not.
+        for name in [
+            "ab",
+            "trailer",
+            "referer",
+            "user-agent",
+            "set-cookie",
+            "keep-alivf",
+            "content-encoding",
+            "www-authenticate",
+            "if-modified-since",
+            "transfer-encodinh",
+            "x-forwarded-client-cert",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert_eq!(hop_by_hop_index(&name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn what_came_over_http2_is_left_alone_and_http1_is_stripped() {
+        let hop = || {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+            h.insert(hyper::header::ACCEPT, HeaderValue::from_static("*/*"));
+            h
+        };
+        for version in [Version::HTTP_10, Version::HTTP_11] {
+            let mut h = hop();
+            strip_hop_by_hop_from(version, &mut h);
+            assert!(!h.contains_key(CONNECTION), "{version:?}");
+            assert!(h.contains_key(hyper::header::ACCEPT));
+        }
+        // hyper never hands over such an HTTP/2 message (h2 resets its stream); this only
+        // shows that nothing is looked at.
+        let mut h = hop();
+        strip_hop_by_hop_from(Version::HTTP_2, &mut h);
+        assert_eq!(h, hop());
     }
 
     #[test]

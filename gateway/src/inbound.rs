@@ -27,7 +27,7 @@ use crate::body;
 use crate::config::{Inbound as InboundConfig, UpstreamProtocol};
 use crate::conn::Activity;
 use crate::error::Error;
-use crate::headers::{set_xfcc, strip_hop_by_hop};
+use crate::headers::{set_xfcc, strip_hop_by_hop_from};
 use crate::listen::{Shared, accept_loop, http_server, now_secs, revoked, until, wind_down_at};
 use crate::metrics::{AlpnLabels, OpenConnection, OutcomeLabels, PeerLabels};
 use crate::path::normalize;
@@ -338,7 +338,7 @@ async fn decide(inbound: &Inbound, context: &Context, req: Request<Incoming>) ->
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let response = forward(inbound, context, req, &path, &query, host).await;
+    let response = forward(inbound, context, req, &path, &query, host, opening).await;
     Outcome {
         response,
         decision: label,
@@ -406,12 +406,12 @@ async fn forward(
     path: &str,
     query: &str,
     host: Option<String>,
+    opening: Option<Opening>,
 ) -> Response<Body> {
     let peer = &context.peer;
-    let opening = websocket_opening(&req);
     let client_upgrade = opening.map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop_from(parts.version, &mut parts.headers);
     set_xfcc(&mut parts.headers, peer.xfcc.as_ref());
     // The service routes on exactly the host the policy saw: no other `Host` survives.
     parts.headers.remove(HOST);
@@ -484,10 +484,17 @@ async fn forward(
     let (body, sent) = Watched::request(body, limits.idle_timeout, context.activity.clone());
     // Pinned here, so that `answer` holds a pointer to it rather than a second copy.
     let request = std::pin::pin!(inbound.upstream.send(Request::from_parts(parts, body)));
-    match stream::answer(request, sent, limits.response_timeout).await {
+    match stream::answer(
+        request,
+        sent,
+        limits.response_timeout,
+        context.activity.timers(),
+    )
+    .await
+    {
         Some(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            strip_hop_by_hop_from(parts.version, &mut parts.headers);
             let body = Watched::response(
                 body.map_err(Into::into).boxed(),
                 limits.idle_timeout,

@@ -29,7 +29,7 @@ use crate::config::Route;
 use crate::conn::Activity;
 use crate::dial::{Dialed, Dialer};
 use crate::error::Error;
-use crate::headers::{XFCC, strip_hop_by_hop};
+use crate::headers::{XFCC, strip_hop_by_hop_from};
 use crate::listen::{
     Shared, accept_loop, http_server, is_revoked, now_secs, revoked, until, wind_down_at,
 };
@@ -275,7 +275,7 @@ async fn relay(
         (None, None) => Authority::try_from(outbound.route.target.authority.as_str())
             .map_err(|_| Refusal::BadRequest("the route's target is not a valid authority"))?,
     };
-    strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop_from(parts.version, &mut parts.headers);
     // Only the receiving gateway may say who the caller is.
     parts.headers.remove(XFCC);
     parts.headers.remove(HOST);
@@ -307,7 +307,13 @@ async fn relay(
         let (mut sender, peer_not_after) = outbound.sender().await?;
         // Pinned here, so that `answer` holds a pointer to it rather than a second copy.
         let sending = std::pin::pin!(sender.try_send_request(request));
-        let answer = stream::answer(sending, sent.clone(), limits.response_timeout).await;
+        let answer = stream::answer(
+            sending,
+            sent.clone(),
+            limits.response_timeout,
+            activity.timers(),
+        )
+        .await;
         let Some(answer) = answer else {
             // Dropping the request resets its stream; the connection stays pooled.
             tracing::warn!(route = %outbound.route.name, "the peer gateway did not answer within limits.response_timeout");
@@ -326,7 +332,7 @@ async fn relay(
                     _ => None,
                 };
                 let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                strip_hop_by_hop_from(parts.version, &mut parts.headers);
                 if let (Some(peer), Some(app)) = (tunnel, app_upgrade) {
                     // The peer gateway's 200 to the CONNECT is the service's 101 to the app.
                     parts.status = StatusCode::SWITCHING_PROTOCOLS;

@@ -172,11 +172,12 @@ pub(crate) const STALLED_BODY: Refusal =
     Refusal::RequestTimeout("the request body stopped arriving (limits.idle_timeout)");
 
 /// Waits for `request` (the next hop's answer) until `timeout` has passed since the request
-/// body was sent whole; `None` when it did not come in time.
+/// body was sent whole; `None` when it did not come in time. The clock is one of `timers`.
 pub(crate) async fn answer<F: Future>(
     request: F,
     sent: Sent,
     timeout: Duration,
+    timers: &Timers,
 ) -> Option<F::Output> {
     let deadline = async move {
         // An error means the body was dropped: sent, or abandoned by the client; either way the
@@ -184,12 +185,90 @@ pub(crate) async fn answer<F: Future>(
         if let Sent(Some(mut sent)) = sent {
             let _ = sent.wait_for(|done| *done).await;
         }
-        tokio::time::sleep(timeout).await;
+        timers.take(timeout).await;
     };
     tokio::select! {
         biased;
         r = request => Some(r),
         () = deadline => None,
+    }
+}
+
+/// Most timers a connection keeps for its requests to reuse.
+const KEPT_TIMERS: usize = 16;
+
+/// The response-timeout timers of one connection, kept for its next requests. A new timer is
+/// an insertion into tokio's timer wheel and a removal from it, each under the driver's lock;
+/// a kept one is still in the wheel, and setting it to a later deadline is one atomic
+/// operation (the wheel moves it when its old deadline comes). All of a connection's
+/// requests wait the same `limits.response_timeout`, so a reused timer's deadline only grows.
+/// A kept timer that comes due wakes the last request that waited on it, which has finished:
+/// at most one spurious wake-up per timer and timeout.
+#[derive(Default)]
+pub(crate) struct Timers(std::sync::Mutex<Vec<Pin<Box<Sleep>>>>);
+
+impl std::fmt::Debug for Timers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timers").finish_non_exhaustive()
+    }
+}
+
+impl Timers {
+    /// A timer that completes `timeout` from now, kept again when dropped.
+    fn take(&self, timeout: Duration) -> Kept<'_> {
+        let now = Instant::now();
+        // As `tokio::time::sleep` does with a timeout too far away to add: about 30 years.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
+        let kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let timer = match kept {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        Kept {
+            timers: self,
+            timer: Some(timer),
+        }
+    }
+}
+
+/// A timer taken from [`Timers`]; completes at its deadline and goes back when dropped.
+struct Kept<'a> {
+    timers: &'a Timers,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Future for Kept<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut().timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Kept<'_> {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            let mut kept = self
+                .timers
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if kept.len() < KEPT_TIMERS {
+                kept.push(timer);
+            }
+        }
     }
 }
 
@@ -228,7 +307,11 @@ mod tests {
     async fn the_response_clock_starts_when_the_body_is_sent() {
         let (body, sent) = Watched::request(full("x"), Duration::from_secs(5), Activity::new());
         let never = std::future::pending::<()>();
-        let waited = tokio::spawn(answer(never, sent, Duration::from_millis(10)));
+        let timers = Arc::new(Timers::default());
+        let waited = tokio::spawn({
+            let timers = timers.clone();
+            async move { answer(never, sent, Duration::from_millis(10), &timers).await }
+        });
         // Not sent yet: the clock does not run.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!waited.is_finished());
@@ -241,9 +324,10 @@ mod tests {
         // The body is neither read nor dropped: nothing but its emptiness starts the clock.
         let (body, sent) = Watched::request(full(""), Duration::from_secs(5), Activity::new());
         let never = std::future::pending::<()>();
+        let timers = Timers::default();
         let waited = tokio::time::timeout(
             Duration::from_secs(10),
-            answer(never, sent, Duration::from_millis(10)),
+            answer(never, sent, Duration::from_millis(10), &timers),
         );
         assert_eq!(waited.await.unwrap(), None);
         drop(body);
@@ -254,8 +338,53 @@ mod tests {
         let (body, sent) = Watched::request(full("x"), Duration::from_secs(5), Activity::new());
         drop(body);
         assert_eq!(
-            answer(async { 7 }, sent, Duration::from_secs(60)).await,
+            answer(
+                async { 7 },
+                sent,
+                Duration::from_secs(60),
+                &Timers::default()
+            )
+            .await,
             Some(7)
+        );
+    }
+
+    /// Waits on `timers` for an answer that never comes: `None` after `timeout`, and not before
+    /// `not_before`.
+    async fn times_out(timers: &Timers, timeout: Duration, not_before: Duration) {
+        let waited = answer(std::future::pending::<()>(), Sent(None), timeout, timers);
+        tokio::pin!(waited);
+        let early = tokio::time::timeout(not_before, &mut waited).await;
+        assert!(early.is_err(), "the timer fired before its deadline");
+        assert_eq!(waited.await, None);
+    }
+
+    #[tokio::test]
+    async fn a_kept_timer_counts_each_request_from_its_own_start() {
+        let timers = Timers::default();
+        let ms = Duration::from_millis;
+        // An answer ready at once needs no timer.
+        assert_eq!(
+            answer(async { 7 }, Sent(None), ms(100), &timers).await,
+            Some(7)
+        );
+        assert_eq!(timers.0.lock().unwrap().len(), 0);
+        let later = async {
+            tokio::task::yield_now().await;
+            7
+        };
+        assert_eq!(answer(later, Sent(None), ms(100), &timers).await, Some(7));
+        assert_eq!(timers.0.lock().unwrap().len(), 1, "the timer was kept");
+        // Reused at once, with its old deadline 100 ms away: the new one is 400 ms away, and
+        // the old one passes while the request waits.
+        times_out(&timers, ms(400), ms(250)).await;
+        // Reused after it came due in the pool, unused.
+        tokio::time::sleep(ms(500)).await;
+        times_out(&timers, ms(300), ms(150)).await;
+        assert_eq!(
+            timers.0.lock().unwrap().len(),
+            1,
+            "one timer served all three"
         );
     }
 }

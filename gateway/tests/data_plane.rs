@@ -112,12 +112,12 @@ async fn a_denied_request_is_403_json_naming_no_rule_and_never_reaches_the_servi
     .unwrap();
 }
 
-/// Connects to `addr` with `certs` as the client certificate (none when `None`), sends an HTTP/2
-/// preface and says whether any byte of an answer came back.
-async fn tls_client_gets_an_answer(
+/// An mTLS connection to the payments inbound with `certs` as the client certificate (none
+/// when `None`), HTTP/2 by ALPN; `None` when the handshake fails.
+async fn h2_tls(
     mesh: &Mesh,
     certs: Option<Arc<dyn ResolvesClientCert>>,
-) -> bool {
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
     let verifier = SpiffeServerVerifier::new(
         mesh.payments_agent.shared_bundles(),
         SpiffeId::parse(PAYMENTS).unwrap(),
@@ -128,14 +128,25 @@ async fn tls_client_gets_an_answer(
         .unwrap();
     let name = ServerName::try_from("payments.bank.example").unwrap();
     // TLS 1.3: the client may finish its side before the server has judged its certificate.
-    let Ok(mut tls) = TlsConnector::from(Arc::new(config))
+    TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-    else {
+        .ok()
+}
+
+/// The client preface and an empty SETTINGS frame.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Connects with `certs`, sends an HTTP/2 preface and says whether any byte of an answer came
+/// back.
+async fn tls_client_gets_an_answer(
+    mesh: &Mesh,
+    certs: Option<Arc<dyn ResolvesClientCert>>,
+) -> bool {
+    let Some(mut tls) = h2_tls(mesh, certs).await else {
         return false;
     };
-    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
-    if tls.write_all(preface).await.is_err() {
+    if tls.write_all(PREFACE).await.is_err() {
         return false;
     }
     let mut buf = [0u8; 64];
@@ -143,6 +154,93 @@ async fn tls_client_gets_an_answer(
         tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await,
         Ok(Ok(n)) if n > 0
     )
+}
+
+/// A HEADERS frame (END_STREAM, END_HEADERS) on `stream` for GET /v1/charges/ch_1 with
+/// `extra` as literal header fields, HPACK-encoded by hand so that nothing refuses them before
+/// the gateway does.
+fn headers_frame(stream: u32, extra: &[(&str, &str)]) -> Vec<u8> {
+    let literal = |block: &mut Vec<u8>, name: &str, value: &str| {
+        // Literal without indexing, new name (RFC 7541 §6.2.2); short strings, no Huffman.
+        block.push(0x00);
+        block.push(u8::try_from(name.len()).unwrap());
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend_from_slice(value.as_bytes());
+    };
+    // :method GET and :scheme https from the static table.
+    let mut block = vec![0x82, 0x87];
+    literal(&mut block, ":path", "/v1/charges/ch_1");
+    literal(&mut block, ":authority", "payments.bank.example");
+    for (name, value) in extra {
+        literal(&mut block, name, value);
+    }
+    let len = u32::try_from(block.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], 0x1, 0x5];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// Reads frames until one for `stream` comes: `Ok(())` for its HEADERS (an answer),
+/// `Err(code)` for its RST_STREAM.
+async fn answer_on<S: tokio::io::AsyncRead + Unpin>(tls: &mut S, stream: u32) -> Result<(), u32> {
+    loop {
+        let mut head = [0u8; 9];
+        tls.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        tls.read_exact(&mut payload).await.unwrap();
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        match head[3] {
+            0x7 => panic!("GOAWAY: the connection was ended"),
+            0x1 if id == stream => return Ok(()),
+            0x3 if id == stream => {
+                return Err(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_over_http2_are_refused_before_the_service() {
+    tokio::time::timeout(LIMIT, async {
+        let mesh = Mesh::start().await;
+        let shop = mesh.shop_agent.credentials() as Arc<dyn ResolvesClientCert>;
+        let mut tls = h2_tls(&mesh, Some(shop)).await.unwrap();
+        tls.write_all(PREFACE).await.unwrap();
+        // The same request without them is answered: the frames are well made.
+        tls.write_all(&headers_frame(1, &[])).await.unwrap();
+        assert_eq!(answer_on(&mut tls, 1).await, Ok(()));
+        let served = mesh.echo.count();
+        assert_eq!(served, 1);
+        // HTTP/2 has no hop-by-hop headers (RFC 9113 §8.2.2), so the gateways leave such a
+        // message's headers as they came (`strip_hop_by_hop_from`): each of these must be
+        // refused with PROTOCOL_ERROR, on its own stream, and reach nothing.
+        let hop_by_hop = [
+            ("connection", "x-forwarded-client-cert"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+        ];
+        for (stream, header) in (3..).step_by(2).zip(hop_by_hop) {
+            tls.write_all(&headers_frame(stream, &[header]))
+                .await
+                .unwrap();
+            assert_eq!(answer_on(&mut tls, stream).await, Err(0x1), "{header:?}");
+        }
+        // `te: trailers` is the one allowed; the connection still serves.
+        tls.write_all(&headers_frame(15, &[("te", "trailers")]))
+            .await
+            .unwrap();
+        assert_eq!(answer_on(&mut tls, 15).await, Ok(()));
+        assert_eq!(mesh.echo.count(), served + 1);
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
