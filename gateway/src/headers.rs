@@ -17,21 +17,17 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Needed for what came over HTTP/1.1 only: see [`strip_hop_by_hop_from`].
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names notes which of the fixed hop-by-hop headers are present (by
-    // length first, so most names cost one comparison); most requests carry none, and a
+    // length first, so most names cost no comparison); most requests carry none, and a
     // response from an HTTP/1.1 service usually only `Connection: keep-alive`. Only what is
     // present is looked at and removed, and only a `Connection` token naming another header
     // present costs an allocation.
     let mut present = [false; HOP_BY_HOP.len()];
-    let mut any = false;
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            if let Some(seen) = present.get_mut(i) {
-                *seen = true;
-            }
-            any = true;
+        if let Some(seen) = hop_by_hop_index(name).and_then(|i| present.get_mut(i)) {
+            *seen = true;
         }
     }
-    if !any {
+    if !present.contains(&true) {
         return;
     }
     let [connection, _, _, te, _, _] = present;
@@ -93,22 +89,17 @@ pub fn strip_hop_by_hop_from(version: Version, headers: &mut HeaderMap) {
     }
 }
 
-/// The place of `name` in [`HOP_BY_HOP`], if it is one of them.
+/// The place of `name` in [`HOP_BY_HOP`], if it is one of them. Most names have none of
+/// their lengths and cost no comparison.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    let s = name.as_str();
-    let i = match s.len() {
-        2 => 3,
-        7 => 5,
-        10 if s == "keep-alive" => 1,
-        10 => 0,
-        16 => 2,
-        17 => 4,
-        _ => return None,
-    };
-    HOP_BY_HOP.get(i).filter(|h| *h == name).map(|_| i)
+    if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) {
+        return None;
+    }
+    HOP_BY_HOP.iter().position(|h| h == name)
 }
 
-/// The hop-by-hop headers every hop removes, besides those `Connection` names.
+/// The hop-by-hop headers every hop removes, besides those `Connection` names. `Connection`
+/// first and `TE` fourth: [`strip_hop_by_hop`] reads them by place.
 static HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
     KEEP_ALIVE,
@@ -210,6 +201,8 @@ mod tests {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
         }
+        assert_eq!(HOP_BY_HOP.first(), Some(&CONNECTION));
+        assert_eq!(HOP_BY_HOP.get(3), Some(&TE));
         // End-to-end names of the same lengths, standard and not.
         for name in [
             "ab",

@@ -204,14 +204,8 @@ const KEPT_TIMERS: usize = 16;
 /// requests wait the same `limits.response_timeout`, so a reused timer's deadline only grows.
 /// A kept timer that comes due wakes the last request that waited on it, which has finished:
 /// at most one spurious wake-up per timer and timeout.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Timers(std::sync::Mutex<Vec<Pin<Box<Sleep>>>>);
-
-impl std::fmt::Debug for Timers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timers").finish_non_exhaustive()
-    }
-}
 
 impl Timers {
     /// A timer that completes `timeout` from now, kept again when dropped.
