@@ -202,8 +202,7 @@ const KEPT_TIMERS: usize = 16;
 /// a kept one is still in the wheel, and setting it to a later deadline is one atomic
 /// operation (the wheel moves it when its old deadline comes). All of a connection's
 /// requests wait the same `limits.response_timeout`, so a reused timer's deadline only grows.
-/// A kept timer that comes due wakes the last request that waited on it, which has finished:
-/// at most one spurious wake-up per timer and timeout.
+/// A kept timer holds no waker of a finished request.
 #[derive(Debug, Default)]
 pub(crate) struct Timers(std::sync::Mutex<Vec<Pin<Box<Sleep>>>>);
 
@@ -253,7 +252,12 @@ impl Future for Kept<'_> {
 
 impl Drop for Kept<'_> {
     fn drop(&mut self) {
-        if let Some(timer) = self.timer.take() {
+        if let Some(mut timer) = self.timer.take() {
+            // Swap the finished request's waker for one that does nothing, so that a kept timer
+            // holds no task alive and wakes nothing if it comes due unused.
+            let _ = timer
+                .as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()));
             let mut kept = self
                 .timers
                 .0
@@ -379,6 +383,38 @@ mod tests {
             timers.0.lock().unwrap().len(),
             1,
             "one timer served all three"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_timer_lets_go_of_the_finished_request() {
+        struct Count;
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {}
+        }
+        let count = Arc::new(Count);
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let timers = Timers::default();
+        let mut polled = false;
+        let request = std::future::poll_fn(|_| {
+            if std::mem::replace(&mut polled, true) {
+                Poll::Ready(7)
+            } else {
+                Poll::Pending
+            }
+        });
+        let waited = answer(request, Sent(None), Duration::from_secs(60), &timers);
+        tokio::pin!(waited);
+        assert!(waited.as_mut().poll(&mut cx).is_pending());
+        // The timer holds a clone of this request's waker while it waits.
+        assert_eq!(Arc::strong_count(&count), 3);
+        assert_eq!(waited.as_mut().poll(&mut cx), Poll::Ready(Some(7)));
+        assert_eq!(timers.0.lock().unwrap().len(), 1, "the timer was kept");
+        assert_eq!(
+            Arc::strong_count(&count),
+            2,
+            "the kept timer let go of the waker"
         );
     }
 }
